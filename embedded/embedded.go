@@ -1,0 +1,218 @@
+// Package embedded runs a nats-server with JetStream and the lock service in
+// the current process, for demos and for tests of programs that use locks.
+// It is shaped like net/http/httptest:
+//
+//	srv, err := embedded.Start(embedded.WithDataDir(t.TempDir()))
+//	if err != nil { ... }
+//	defer srv.Close()
+//	c, err := client.New(srv.Conn())
+//
+// Startup takes a few milliseconds.
+package embedded
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/lockservice/lockservice/service"
+	jsstore "github.com/lockservice/lockservice/store/jetstream"
+)
+
+// Server is a running nats-server with the lock service attached.
+type Server struct {
+	ns      *server.Server
+	nc      *nats.Conn
+	svc     *service.Service
+	store   *jsstore.Store
+	tempDir string
+	// URL is the client URL (nats://host:port), empty with WithoutListener.
+	URL string
+}
+
+type options struct {
+	host       string
+	port       int
+	dataDir    string
+	noListen   bool
+	configFile string
+	svc        service.Config
+	store      jsstore.Config
+	logf       func(format string, args ...any)
+}
+
+// Option configures Start.
+type Option func(*options)
+
+// WithDataDir stores JetStream data in dir (kept after Close). The default is
+// a temporary directory removed by Close.
+func WithDataDir(dir string) Option { return func(o *options) { o.dataDir = dir } }
+
+// WithListen sets the client address; the default is 127.0.0.1 on a random
+// free port.
+func WithListen(host string, port int) Option {
+	return func(o *options) { o.host, o.port = host, port }
+}
+
+// WithoutListener runs without a TCP listener; only Conn and in-process
+// connections (nats.InProcessServer(srv.NATSServer())) reach the server.
+func WithoutListener() Option { return func(o *options) { o.noListen = true } }
+
+// WithConfigFile loads nats-server settings from a nats.conf file. Listen
+// and data dir options given to Start override the file.
+func WithConfigFile(path string) Option { return func(o *options) { o.configFile = path } }
+
+// WithServiceConfig sets the lock service's configuration.
+func WithServiceConfig(cfg service.Config) Option { return func(o *options) { o.svc = cfg } }
+
+// WithStoreConfig sets the JetStream store's configuration.
+func WithStoreConfig(cfg jsstore.Config) Option { return func(o *options) { o.store = cfg } }
+
+// WithLogf sends nats-server's log lines to logf (default: silent).
+func WithLogf(logf func(format string, args ...any)) Option {
+	return func(o *options) { o.logf = logf }
+}
+
+// ErrPortInUse is returned by Start when the listen address is taken.
+var ErrPortInUse = errors.New("embedded: address already in use")
+
+// Start starts nats-server and the lock service. It returns ErrPortInUse when
+// the listen port is taken.
+func Start(opts ...Option) (*Server, error) {
+	o := options{host: "127.0.0.1", port: -1}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	sopts := &server.Options{}
+	if o.configFile != "" {
+		var err error
+		if sopts, err = server.ProcessConfigFile(o.configFile); err != nil {
+			return nil, fmt.Errorf("embedded: config %s: %w", o.configFile, err)
+		}
+	}
+	explicitListen := o.host != "127.0.0.1" || o.port != -1
+	if o.configFile == "" || explicitListen {
+		sopts.Host, sopts.Port = o.host, o.port
+	}
+	if sopts.ServerName == "" {
+		sopts.ServerName = "lockservice-embedded"
+	}
+	sopts.JetStream = true
+	sopts.NoSigs = true
+	sopts.NoLog = o.logf == nil
+	sopts.DontListen = o.noListen
+	srv := &Server{}
+	switch {
+	case o.dataDir != "":
+		sopts.StoreDir = o.dataDir
+	case sopts.StoreDir == "":
+		dir, err := os.MkdirTemp("", "lockservice-embedded-")
+		if err != nil {
+			return nil, fmt.Errorf("embedded: %w", err)
+		}
+		srv.tempDir = dir
+		sopts.StoreDir = dir
+	}
+	if !o.noListen && sopts.Port > 0 {
+		addr := net.JoinHostPort(sopts.Host, strconv.Itoa(sopts.Port))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			srv.removeTemp()
+			return nil, fmt.Errorf("%w: %s: %w", ErrPortInUse, addr, err)
+		}
+		ln.Close()
+	}
+	ns, err := server.NewServer(sopts)
+	if err != nil {
+		srv.removeTemp()
+		return nil, fmt.Errorf("embedded: nats-server: %w", err)
+	}
+	if o.logf != nil {
+		ns.SetLogger(logger{o.logf}, false, false)
+	}
+	srv.ns = ns
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		srv.Close()
+		return nil, errors.New("embedded: nats-server not ready after 10s")
+	}
+	if !o.noListen {
+		srv.URL = ns.ClientURL()
+	}
+	srv.nc, err = nats.Connect("", nats.InProcessServer(ns), nats.Name("lockservice-embedded"))
+	if err != nil {
+		srv.Close()
+		return nil, fmt.Errorf("embedded: connect: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv.store, err = jsstore.New(ctx, srv.nc, o.store)
+	if err != nil {
+		srv.Close()
+		return nil, err
+	}
+	srv.svc, err = service.New(srv.nc, srv.store, o.svc)
+	if err != nil {
+		srv.Close()
+		return nil, err
+	}
+	return srv, nil
+}
+
+// Conn returns the server's own in-process connection (shared with the
+// service; do not close it).
+func (s *Server) Conn() *nats.Conn { return s.nc }
+
+// NATSServer returns the embedded nats-server.
+func (s *Server) NATSServer() *server.Server { return s.ns }
+
+// Service returns the lock service.
+func (s *Server) Service() *service.Service { return s.svc }
+
+// Connect opens a new connection to the server (in-process), for clients
+// that should not share the service's connection.
+func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
+	return nats.Connect("", append([]nats.Option{nats.InProcessServer(s.ns)}, opts...)...)
+}
+
+// Close stops the service (parked waiters get 503), the store, the
+// connection and nats-server, and removes a temporary data directory.
+func (s *Server) Close() error {
+	if s.svc != nil {
+		s.svc.Stop()
+	}
+	if s.store != nil {
+		s.store.Close()
+	}
+	if s.nc != nil {
+		s.nc.Close()
+	}
+	if s.ns != nil {
+		s.ns.Shutdown()
+		s.ns.WaitForShutdown()
+	}
+	s.removeTemp()
+	return nil
+}
+
+func (s *Server) removeTemp() {
+	if s.tempDir != "" {
+		os.RemoveAll(s.tempDir)
+	}
+}
+
+type logger struct{ logf func(string, ...any) }
+
+func (l logger) Noticef(format string, v ...any) { l.logf("[INF] "+format, v...) }
+func (l logger) Warnf(format string, v ...any)   { l.logf("[WRN] "+format, v...) }
+func (l logger) Fatalf(format string, v ...any)  { l.logf("[FTL] "+format, v...) }
+func (l logger) Errorf(format string, v ...any)  { l.logf("[ERR] "+format, v...) }
+func (l logger) Debugf(format string, v ...any)  {}
+func (l logger) Tracef(format string, v ...any)  {}

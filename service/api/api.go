@@ -1,0 +1,273 @@
+// Package api holds the lock service's wire protocol: subjects, payloads,
+// error codes and key rules. It has no dependencies on the service or the
+// stores, so clients (ours in package client, or anyone's) can import it.
+//
+// The protocol is documented for other languages in docs/PROTOCOL.md.
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// ServiceName is the name of the micro service (nats micro ls).
+const ServiceName = "lockservice"
+
+// DefaultPrefix is the first subject token of every endpoint and event.
+const DefaultPrefix = "lock"
+
+// Endpoint operations: the second subject token, <prefix>.<op>.<key>.
+const (
+	OpAcquire = "acquire"
+	OpRelease = "release"
+	OpRefresh = "refresh"
+	OpWrite   = "write"
+	OpGet     = "get"
+	OpWait    = "wait"
+	OpDelete  = "delete"
+	OpCancel  = "cancel"
+)
+
+// Event kinds, published on <prefix>.<event>.<key>.
+const (
+	EventReleased = "released"
+	EventExpired  = "expired"
+)
+
+// Subject returns the subject of op (or event) for key under prefix.
+func Subject(prefix, op, key string) string { return prefix + "." + op + "." + key }
+
+// ContentTypeHeader and MsgpackContentType select msgpack encoding; any other
+// (or no) content type means JSON.
+const (
+	ContentTypeHeader  = "Content-Type"
+	MsgpackContentType = "application/msgpack"
+	JSONContentType    = "application/json"
+)
+
+// Error codes sent in the Nats-Service-Error-Code header.
+const (
+	CodeBadRequest  = 400 // the request is malformed or out of range; fix it
+	CodeTimeout     = 408 // wait ran out before the key was unlocked
+	CodeConflict    = 409 // the lock id does not hold the lock
+	CodeTooLarge    = 413 // the value is larger than the service accepts
+	CodeInternal    = 500 // a bug or an unexpected store answer
+	CodeUnavailable = 503 // store unreachable, too many waiters, shutting down
+)
+
+// MaxKeyLen is the longest key accepted, in bytes.
+const MaxKeyLen = 512
+
+// MinLockIDLen and MaxLockIDLen bound caller-chosen lock ids. A lock id is
+// the only secret that authorizes release, refresh, write and delete, so it
+// must be unguessable: use at least 128 random bits.
+const (
+	MinLockIDLen = 16
+	MaxLockIDLen = 128
+)
+
+// ErrInvalidKey is wrapped by ValidateKey's errors.
+var ErrInvalidKey = errors.New("invalid key")
+
+// ValidateKey reports whether key is a valid lock key: one or more
+// '.'-separated tokens of [-/_=a-zA-Z0-9], at most MaxKeyLen bytes.
+func ValidateKey(key string) error {
+	if key == "" {
+		return fmt.Errorf("%w: empty; a key is one or more '.'-separated tokens of [-/_=a-zA-Z0-9]", ErrInvalidKey)
+	}
+	if len(key) > MaxKeyLen {
+		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrInvalidKey, len(key), MaxKeyLen)
+	}
+	tokenStart := 0
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		switch {
+		case c == '.':
+			if i == tokenStart {
+				return fmt.Errorf("%w: %q has an empty token; remove the extra '.'", ErrInvalidKey, key)
+			}
+			tokenStart = i + 1
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9',
+			c == '-', c == '/', c == '_', c == '=':
+		default:
+			return fmt.Errorf("%w: %q contains %q at byte %d; allowed are [-/_=a-zA-Z0-9] and '.' between tokens", ErrInvalidKey, key, rune(c), i)
+		}
+	}
+	if tokenStart == len(key) {
+		return fmt.Errorf("%w: %q ends with '.'", ErrInvalidKey, key)
+	}
+	return nil
+}
+
+// ValidateLockID reports whether id is acceptable as a caller-chosen lock id:
+// MinLockIDLen to MaxLockIDLen characters of [-_a-zA-Z0-9].
+func ValidateLockID(id string) error {
+	if len(id) < MinLockIDLen || len(id) > MaxLockIDLen {
+		return fmt.Errorf("lock_id must be %d to %d characters (use at least 128 random bits), got %d", MinLockIDLen, MaxLockIDLen, len(id))
+	}
+	if i := strings.IndexFunc(id, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_')
+	}); i >= 0 {
+		return fmt.Errorf("lock_id may only contain [-_a-zA-Z0-9], found %q at byte %d", id[i], i)
+	}
+	return nil
+}
+
+// Value is a state object on the wire. nil means "no value" (or, in a
+// request, "leave the state unchanged"). In JSON it is any JSON value, kept
+// byte for byte; in msgpack it is a bin. A state that is not valid JSON
+// (written through msgpack) reads in JSON as {"$binary":"<base64>"}.
+type Value []byte
+
+// MarshalJSON writes the value as raw JSON, or null when there is none.
+func (v Value) MarshalJSON() ([]byte, error) {
+	if v == nil {
+		return []byte("null"), nil
+	}
+	if !json.Valid(v) {
+		// Bytes stored through msgpack that are not JSON.
+		return json.Marshal(map[string][]byte{"$binary": v})
+	}
+	return v, nil
+}
+
+// UnmarshalJSON keeps the raw JSON (including a literal null).
+func (v *Value) UnmarshalJSON(b []byte) error {
+	*v = append(Value{}, b...)
+	return nil
+}
+
+// AcquireRequest is the payload of <prefix>.acquire.<key>.
+type AcquireRequest struct {
+	// TTLms is the lease length; 0 means the service default.
+	TTLms int64 `json:"ttl_ms,omitempty" msgpack:"ttl_ms,omitempty"`
+	// WaitMs is how long to wait for the lock; 0 tries once. The service
+	// never grants after this much time has passed since it received the
+	// request.
+	WaitMs int64 `json:"wait_ms,omitempty" msgpack:"wait_ms,omitempty"`
+	// LockID is the caller-chosen lock id; empty lets the service pick one.
+	// Retrying an acquire with the same lock id returns the same grant.
+	LockID string `json:"lock_id,omitempty" msgpack:"lock_id,omitempty"`
+	// Owner is a label shown by get; it authorizes nothing.
+	Owner string `json:"owner,omitempty" msgpack:"owner,omitempty"`
+}
+
+// AcquireResponse answers an acquire.
+type AcquireResponse struct {
+	Acquired bool   `json:"acquired" msgpack:"acquired"`
+	Key      string `json:"key" msgpack:"key"`
+	LockID   string `json:"lock_id,omitempty" msgpack:"lock_id,omitempty"`
+	Token    uint64 `json:"token,omitempty" msgpack:"token,omitempty"`
+	TTLms    int64  `json:"ttl_ms,omitempty" msgpack:"ttl_ms,omitempty"`
+	// ExpiresAt is the lease end by the service's clock (RFC 3339),
+	// informational. Clients should count TTLms from when they sent the
+	// request instead.
+	ExpiresAt string `json:"expires_at,omitempty" msgpack:"expires_at,omitempty"`
+	// Owner of the lease: the caller's own when acquired, else the holder's.
+	Owner string `json:"owner,omitempty" msgpack:"owner,omitempty"`
+	// Value is the state object (acquired only).
+	Value Value `json:"value" msgpack:"value"`
+}
+
+// ReleaseRequest is the payload of <prefix>.release.<key>.
+type ReleaseRequest struct {
+	LockID string `json:"lock_id" msgpack:"lock_id"`
+	// Value, when present, is written as the new state in the same atomic
+	// step as the release.
+	Value Value `json:"value,omitempty" msgpack:"value,omitempty"`
+}
+
+// ReleaseResponse answers a release. Released is false, and nothing was
+// written, when the lock id did not hold the lock.
+type ReleaseResponse struct {
+	Released bool   `json:"released" msgpack:"released"`
+	Key      string `json:"key" msgpack:"key"`
+}
+
+// RefreshRequest is the payload of <prefix>.refresh.<key>.
+type RefreshRequest struct {
+	LockID string `json:"lock_id" msgpack:"lock_id"`
+	TTLms  int64  `json:"ttl_ms,omitempty" msgpack:"ttl_ms,omitempty"`
+}
+
+// RefreshResponse answers a refresh.
+type RefreshResponse struct {
+	Key       string `json:"key" msgpack:"key"`
+	Token     uint64 `json:"token" msgpack:"token"`
+	TTLms     int64  `json:"ttl_ms" msgpack:"ttl_ms"`
+	ExpiresAt string `json:"expires_at" msgpack:"expires_at"`
+}
+
+// WriteRequest is the payload of <prefix>.write.<key>: set the state while
+// holding the lock.
+type WriteRequest struct {
+	LockID string `json:"lock_id" msgpack:"lock_id"`
+	Value  Value  `json:"value" msgpack:"value"`
+}
+
+// WriteResponse answers a write.
+type WriteResponse struct {
+	Key     string `json:"key" msgpack:"key"`
+	Written bool   `json:"written" msgpack:"written"`
+}
+
+// DeleteRequest is the payload of <prefix>.delete.<key>: delete the state
+// object and release the lock, atomically.
+type DeleteRequest struct {
+	LockID string `json:"lock_id" msgpack:"lock_id"`
+}
+
+// DeleteResponse answers a delete.
+type DeleteResponse struct {
+	Key     string `json:"key" msgpack:"key"`
+	Deleted bool   `json:"deleted" msgpack:"deleted"`
+}
+
+// GetResponse answers <prefix>.get.<key> (empty request).
+type GetResponse struct {
+	Key       string `json:"key" msgpack:"key"`
+	Locked    bool   `json:"locked" msgpack:"locked"`
+	Token     uint64 `json:"token,omitempty" msgpack:"token,omitempty"`
+	TTLms     int64  `json:"ttl_ms,omitempty" msgpack:"ttl_ms,omitempty"`
+	ExpiresAt string `json:"expires_at,omitempty" msgpack:"expires_at,omitempty"`
+	Owner     string `json:"owner,omitempty" msgpack:"owner,omitempty"`
+	HasValue  bool   `json:"has_value" msgpack:"has_value"`
+	Value     Value  `json:"value" msgpack:"value"`
+}
+
+// WaitRequest is the payload of <prefix>.wait.<key>.
+type WaitRequest struct {
+	// WaitMs is how long to wait for the key to be unlocked; 0 answers at
+	// once (408 if locked).
+	WaitMs int64 `json:"wait_ms,omitempty" msgpack:"wait_ms,omitempty"`
+}
+
+// WaitResponse answers a wait once the key is unlocked.
+type WaitResponse struct {
+	Key   string `json:"key" msgpack:"key"`
+	Value Value  `json:"value" msgpack:"value"`
+}
+
+// CancelRequest is the payload of <prefix>.cancel.<key>: withdraw a blocking
+// acquire the caller gave up on. Every instance receives it.
+type CancelRequest struct {
+	LockID string `json:"lock_id" msgpack:"lock_id"`
+}
+
+// Event is the payload of <prefix>.released.<key> and <prefix>.expired.<key>
+// (always JSON).
+type Event struct {
+	Key   string `json:"key"`
+	Token uint64 `json:"token,omitempty"`
+}
+
+// FormatTime renders an instant as the protocol does (RFC 3339, UTC, ms).
+func FormatTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format("2006-01-02T15:04:05.000Z07:00")
+}

@@ -1,0 +1,39 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+var (
+	// ErrLocked means another lock id holds the key.
+	ErrLocked = errors.New("store: lock is held")
+	// ErrNotHeld means the lock id does not hold the key: it never did, or
+	// its lease expired, was released, or was taken over.
+	ErrNotHeld = errors.New("store: lock not held")
+	// ErrUnavailable means the backend could not be reached or refused to
+	// serve; the operation may be retried.
+	ErrUnavailable = errors.New("store: backend unavailable")
+	// ErrInvalid means the request cannot be stored as given (bad key, value
+	// too large, TTL out of range).
+	ErrInvalid = errors.New("store: invalid request")
+)
+
+// LockedError is returned by Acquire when another lock id holds the key.
+// It unwraps to ErrLocked.
+type LockedError struct {
+	Key   string
+	Lease Lease
+	// ExpiresIn is how long, by the backend's own clock, until the lease
+	// ends; 0 when the backend does not know it in advance (it then reports
+	// expiry through Notifier).
+	ExpiresIn time.Duration
+}
+
+func (e *LockedError) Error() string {
+	return fmt.Sprintf("store: lock %q is held (token %d)", e.Key, e.Lease.Token)
+}
+
+// Unwrap returns ErrLocked.
+func (e *LockedError) Unwrap() error { return ErrLocked }

@@ -1,0 +1,734 @@
+// Package jetstream is the JetStream KV backend of the lock service: the CP
+// choice, replicated by Raft when the bucket has 3 or more replicas.
+//
+// Layout: one KV bucket (stream KV_<bucket>, History 1, file storage) holds
+// two subjects per lock key: $KV.<bucket>.l.<key> for the lease and
+// $KV.<bucket>.o.<key> for the state object.
+//
+//   - A lease is a message with a per-message TTL (Nats-TTL, whole seconds,
+//     rounded up) written with an expected last subject sequence, so taking
+//     or renewing a lock is one compare-and-set publish. The server expires
+//     it by its own clock and writes a limit marker, which watchers see.
+//   - The fencing token is the stream sequence of the grant: strictly
+//     increasing for the whole bucket, kept across restarts and failovers as
+//     long as the bucket is not deleted. Refreshes carry the token forward.
+//   - Release, release-with-write and delete are one atomic batch (server
+//     2.12+): the object change and the lease purge, both checked against the
+//     lease's sequence, so a holder whose lease expired writes nothing.
+//   - Write-while-holding is one publish to the object subject guarded by the
+//     lease subject's last sequence.
+//
+// Each Store watches the lease subjects (one ordered consumer) to learn of
+// releases and expiries made anywhere, and keeps the last sequence it saw
+// per key as a hint, so the usual operation is a single round trip; a stale
+// hint only costs a re-read, never correctness.
+package jetstream
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	natsjs "github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/lockservice/lockservice/store"
+)
+
+// Config configures the JetStream store.
+type Config struct {
+	// Bucket is the KV bucket name ([a-zA-Z0-9_-]); default "lockservice".
+	// Deleting the bucket resets fencing tokens: never recreate it while
+	// anyone relies on tokens issued from it.
+	Bucket string
+	// Replicas is the stream's replica count (1, 3 or 5); default 1.
+	Replicas int
+	// ObjectTTL is how long a state object lives after its last write;
+	// 0 keeps objects forever. Rounded up to whole seconds.
+	ObjectTTL time.Duration
+	// MarkerTTL is how long release and expiry markers stay (they let get
+	// report the last token of an unlocked key); default 1 minute.
+	MarkerTTL time.Duration
+	// MaxValueBytes is the largest state object accepted; default 1 MiB
+	// less room for headers, capped by the server's max_payload.
+	MaxValueBytes int
+}
+
+const (
+	defaultBucket    = "lockservice"
+	defaultMarkerTTL = time.Minute
+	hintLimit        = 200_000
+)
+
+// Store is the JetStream KV store. Create it with New.
+type Store struct {
+	nc       *nats.Conn
+	js       natsjs.JetStream
+	cfg      Config
+	stream   string
+	lockPfx  string // $KV.<bucket>.l.
+	objPfx   string // $KV.<bucket>.o.
+	objTTL   string // Nats-TTL for objects, "" for none
+	markTTL  string // Nats-TTL for release markers
+	consumer natsjs.ConsumeContext
+
+	mu     sync.Mutex
+	hints  map[string]hint
+	notify func(store.Event)
+}
+
+var (
+	_ store.Store    = (*Store)(nil)
+	_ store.Notifier = (*Store)(nil)
+)
+
+// ErrServerTooOld is returned by New when the server lacks per-message TTLs
+// or atomic batch publish (nats-server before 2.12, JetStream API level < 2).
+var ErrServerTooOld = errors.New("jetstream: nats-server too old")
+
+// ErrAtomicPublishUnsupported is returned by New when the stream does not
+// accept atomic batch publish after it was asked to.
+var ErrAtomicPublishUnsupported = errors.New("jetstream: stream does not allow atomic publish")
+
+// New checks that the server can run the lock service (JetStream enabled,
+// API level >= 2), creates or updates the bucket's stream and starts
+// watching it. It returns ErrServerTooOld or ErrAtomicPublishUnsupported
+// when the server cannot give the guarantees. nc stays the caller's.
+func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
+	if cfg.Bucket == "" {
+		cfg.Bucket = defaultBucket
+	}
+	if cfg.Replicas == 0 {
+		cfg.Replicas = 1
+	}
+	if cfg.MarkerTTL == 0 {
+		cfg.MarkerTTL = defaultMarkerTTL
+	}
+	if cfg.Replicas < 1 || cfg.Replicas > 5 {
+		return nil, fmt.Errorf("jetstream: replicas must be 1 to 5, got %d", cfg.Replicas)
+	}
+	if cfg.ObjectTTL < 0 || cfg.MarkerTTL < time.Second {
+		return nil, fmt.Errorf("jetstream: object TTL must be >= 0 and marker TTL >= 1s")
+	}
+	maxPayload := int(nc.MaxPayload())
+	if cfg.MaxValueBytes == 0 || cfg.MaxValueBytes > maxPayload-4096 {
+		cfg.MaxValueBytes = maxPayload - 4096
+	}
+	js, err := natsjs.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	ai, err := js.AccountInfo(ctx)
+	if err != nil {
+		if errors.Is(err, natsjs.ErrJetStreamNotEnabled) || errors.Is(err, natsjs.ErrJetStreamNotEnabledForAccount) {
+			return nil, fmt.Errorf("jetstream: JetStream is not enabled on nats-server %s at %s; start it with -js (or a jetstream{} block)", nc.ConnectedServerVersion(), nc.ConnectedUrlRedacted())
+		}
+		return nil, fmt.Errorf("jetstream: account info: %w", err)
+	}
+	if ai.API.Level < 2 {
+		return nil, fmt.Errorf("%w: nats-server %s at %s has JetStream API level %d; lockservice needs nats-server 2.12 or newer (API level 2) for per-key TTLs and atomic batch publish",
+			ErrServerTooOld, nc.ConnectedServerVersion(), nc.ConnectedUrlRedacted(), ai.API.Level)
+	}
+	s := &Store{
+		nc: nc, js: js, cfg: cfg,
+		stream:  "KV_" + cfg.Bucket,
+		lockPfx: "$KV." + cfg.Bucket + ".l.",
+		objPfx:  "$KV." + cfg.Bucket + ".o.",
+		markTTL: ttlHeader(cfg.MarkerTTL),
+		hints:   make(map[string]hint),
+	}
+	if cfg.ObjectTTL > 0 {
+		s.objTTL = ttlHeader(cfg.ObjectTTL)
+	}
+	sc := natsjs.StreamConfig{
+		Name:                   s.stream,
+		Description:            "lockservice locks and state objects",
+		Subjects:               []string{"$KV." + cfg.Bucket + ".>"},
+		Storage:                natsjs.FileStorage,
+		Replicas:               cfg.Replicas,
+		MaxMsgsPerSubject:      1,
+		MaxMsgSize:             int32(min(maxPayload, math.MaxInt32)),
+		Discard:                natsjs.DiscardNew,
+		AllowRollup:            true,
+		DenyDelete:             true,
+		AllowDirect:            false, // reads go to the leader: no stale state from followers
+		AllowMsgTTL:            true,
+		SubjectDeleteMarkerTTL: cfg.MarkerTTL,
+		AllowAtomicPublish:     true,
+	}
+	st, err := js.CreateOrUpdateStream(ctx, sc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: create stream %s: %w", s.stream, err)
+	}
+	got := st.CachedInfo().Config
+	if !got.AllowAtomicPublish || !got.AllowMsgTTL {
+		return nil, fmt.Errorf("%w: stream %s on nats-server %s reads back allow_atomic=%v allow_msg_ttl=%v; lockservice needs nats-server 2.12 or newer",
+			ErrAtomicPublishUnsupported, s.stream, nc.ConnectedServerVersion(), got.AllowAtomicPublish, got.AllowMsgTTL)
+	}
+	cons, err := js.OrderedConsumer(ctx, s.stream, natsjs.OrderedConsumerConfig{
+		FilterSubjects: []string{s.lockPfx + ">"},
+		DeliverPolicy:  natsjs.DeliverNewPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: watch %s: %w", s.stream, err)
+	}
+	cc, err := cons.Consume(s.observe)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: watch %s: %w", s.stream, err)
+	}
+	s.consumer = cc
+	return s, nil
+}
+
+// Close stops watching the bucket. It does not close the connection.
+func (s *Store) Close() error {
+	s.consumer.Stop()
+	return nil
+}
+
+// Notify registers fn for releases and expiries seen on the bucket.
+func (s *Store) Notify(fn func(store.Event)) {
+	s.mu.Lock()
+	s.notify = fn
+	s.mu.Unlock()
+}
+
+// record is the body of a lease message (and of a release marker).
+type record struct {
+	Holder []byte `msgpack:"h"`           // sha256(lock id)[:16]
+	Owner  string `msgpack:"o,omitempty"` // label
+	Token  uint64 `msgpack:"t,omitempty"` // 0: this message's own sequence
+	TTLms  int64  `msgpack:"l"`           // lease length granted
+}
+
+// lockState is what a lease subject's last message says.
+type lockState struct {
+	seq    uint64 // last sequence of the subject; 0 = no message
+	held   bool
+	rec    record
+	token  uint64
+	stored time.Time // server time of the message
+}
+
+type hint struct {
+	lockState
+}
+
+func holderHash(lockID string) []byte {
+	h := sha256.Sum256([]byte(lockID))
+	return h[:16]
+}
+
+func sameHolder(a, b []byte) bool { return len(a) == 16 && string(a) == string(b) }
+
+// ttlHeader renders d for Nats-TTL, rounded up to whole seconds, so the
+// server never expires anything before d has passed.
+func ttlHeader(d time.Duration) string {
+	secs := (d + time.Second - 1) / time.Second
+	if secs < 1 {
+		secs = 1
+	}
+	return strconv.FormatInt(int64(secs), 10) + "s"
+}
+
+func (st lockState) lease() store.Lease {
+	l := store.Lease{Token: st.token, TTL: time.Duration(st.rec.TTLms) * time.Millisecond, Owner: st.rec.Owner}
+	if st.held && !st.stored.IsZero() {
+		l.ExpiresAt = st.stored.Add(l.TTL)
+	}
+	return l
+}
+
+// parse interprets the last message of a lease subject.
+func parse(seq uint64, hdr nats.Header, data []byte, stored time.Time) lockState {
+	st := lockState{seq: seq, stored: stored}
+	op := hdr.Get("KV-Operation")
+	if hdr.Get(natsjs.MarkerReasonHeader) != "" || op == "DEL" || op == "PURGE" {
+		// Free. A release marker carries the last lease for get.
+		if len(data) > 0 && msgpack.Unmarshal(data, &st.rec) == nil {
+			st.token = st.rec.Token
+		}
+		return st
+	}
+	if err := msgpack.Unmarshal(data, &st.rec); err != nil || len(st.rec.Holder) != 16 {
+		// Not ours (someone wrote the bucket by hand): treat as held by
+		// nobody we know, so only a release can clear it.
+		st.held = true
+		st.token = seq
+		return st
+	}
+	st.held = true
+	st.token = st.rec.Token
+	if st.token == 0 {
+		st.token = seq
+	}
+	return st
+}
+
+// observe is the watcher's callback: it keeps hints and reports releases and
+// expiries.
+func (s *Store) observe(m natsjs.Msg) {
+	md, err := m.Metadata()
+	if err != nil {
+		return
+	}
+	key := m.Subject()[len(s.lockPfx):]
+	st := parse(md.Sequence.Stream, m.Headers(), m.Data(), md.Timestamp)
+	s.mu.Lock()
+	prev, had := s.hints[key]
+	s.setHintLocked(key, st)
+	fn := s.notify
+	s.mu.Unlock()
+	if st.held || fn == nil {
+		return
+	}
+	ev := store.Event{Key: key, Kind: store.Released, Token: st.token}
+	if m.Headers().Get(natsjs.MarkerReasonHeader) != "" {
+		ev.Kind = store.Expired
+		if had && prev.held {
+			ev.Token = prev.token
+		}
+	}
+	fn(ev)
+}
+
+func (s *Store) setHintLocked(key string, st lockState) {
+	if prev, ok := s.hints[key]; ok && prev.seq > st.seq {
+		return
+	}
+	if len(s.hints) >= hintLimit {
+		for k := range s.hints { // drop an arbitrary entry; hints are only hints
+			delete(s.hints, k)
+			break
+		}
+	}
+	s.hints[key] = hint{st}
+}
+
+func (s *Store) setHint(key string, st lockState) {
+	s.mu.Lock()
+	s.setHintLocked(key, st)
+	s.mu.Unlock()
+}
+
+func (s *Store) getHint(key string) (lockState, bool) {
+	s.mu.Lock()
+	h, ok := s.hints[key]
+	s.mu.Unlock()
+	return h.lockState, ok
+}
+
+// readLock reads the lease subject's last message from the stream leader.
+func (s *Store) readLock(ctx context.Context, key string) (lockState, error) {
+	m, err := s.getLast(ctx, s.lockPfx+key)
+	if err != nil {
+		return lockState{}, err
+	}
+	if m == nil {
+		return lockState{}, nil
+	}
+	st := parse(m.Sequence, m.Header, m.Data, m.Time)
+	s.setHint(key, st)
+	return st, nil
+}
+
+// readObject returns the state object of key, nil when there is none.
+func (s *Store) readObject(ctx context.Context, key string) ([]byte, error) {
+	m, err := s.getLast(ctx, s.objPfx+key)
+	if err != nil || m == nil {
+		return nil, err
+	}
+	op := m.Header.Get("KV-Operation")
+	if op == "DEL" || op == "PURGE" || m.Header.Get(natsjs.MarkerReasonHeader) != "" {
+		return nil, nil
+	}
+	if m.Data == nil {
+		return []byte{}, nil
+	}
+	return m.Data, nil
+}
+
+type msgGetResponse struct {
+	Message *struct {
+		Subject  string    `json:"subject"`
+		Sequence uint64    `json:"seq"`
+		Header   []byte    `json:"hdrs,omitempty"`
+		Data     []byte    `json:"data,omitempty"`
+		Time     time.Time `json:"time"`
+	} `json:"message"`
+	Error *apiError `json:"error"`
+}
+
+type rawMsg struct {
+	Sequence uint64
+	Header   nats.Header
+	Data     []byte
+	Time     time.Time
+}
+
+// getLast is STREAM.MSG.GET last_by_subj, answered by the stream leader.
+// It returns nil, nil when the subject has no message.
+func (s *Store) getLast(ctx context.Context, subject string) (*rawMsg, error) {
+	req, _ := json.Marshal(map[string]string{"last_by_subj": subject})
+	resp, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+s.stream, req)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	var r msgGetResponse
+	if err := json.Unmarshal(resp.Data, &r); err != nil {
+		return nil, fmt.Errorf("jetstream: get %s: bad response: %w", subject, err)
+	}
+	if r.Error != nil {
+		if r.Error.ErrCode == 10037 { // no message found
+			return nil, nil
+		}
+		return nil, r.Error
+	}
+	if r.Message == nil {
+		return nil, fmt.Errorf("jetstream: get %s: empty response", subject)
+	}
+	m := &rawMsg{Sequence: r.Message.Sequence, Data: r.Message.Data, Time: r.Message.Time}
+	if len(r.Message.Header) > 0 {
+		if m.Header, err = nats.DecodeHeadersMsg(r.Message.Header); err != nil {
+			return nil, fmt.Errorf("jetstream: get %s: %w", subject, err)
+		}
+	} else {
+		m.Header = nats.Header{}
+	}
+	return m, nil
+}
+
+type apiError struct {
+	Code        int    `json:"code"`
+	ErrCode     int    `json:"err_code"`
+	Description string `json:"description"`
+}
+
+func (e *apiError) Error() string {
+	return fmt.Sprintf("jetstream: %s (code %d, err_code %d)", e.Description, e.Code, e.ErrCode)
+}
+
+// errWrongSeq marks a failed compare-and-set.
+var errWrongSeq = errors.New("jetstream: wrong last sequence")
+
+type pubAck struct {
+	Stream   string    `json:"stream"`
+	Sequence uint64    `json:"seq"`
+	Batch    string    `json:"batch"`
+	Count    int       `json:"count"`
+	Error    *apiError `json:"error"`
+}
+
+// publish sends m as a request and decodes the JetStream ack.
+func (s *Store) publish(ctx context.Context, m *nats.Msg) (pubAck, error) {
+	resp, err := s.nc.RequestMsgWithContext(ctx, m)
+	if err != nil {
+		return pubAck{}, unavailable(err)
+	}
+	var ack pubAck
+	if err := json.Unmarshal(resp.Data, &ack); err != nil {
+		return pubAck{}, fmt.Errorf("jetstream: publish %s: bad ack %q: %w", m.Subject, resp.Data, err)
+	}
+	if ack.Error != nil {
+		switch ack.Error.ErrCode {
+		case 10071, 10164: // wrong last sequence; concurrent in-flight write
+			return ack, errWrongSeq
+		case 10054: // message size exceeds maximum allowed
+			return ack, fmt.Errorf("%w: %s", store.ErrInvalid, ack.Error.Description)
+		}
+		return ack, ack.Error
+	}
+	return ack, nil
+}
+
+// batch publishes msgs as one atomic batch: all applied or none.
+func (s *Store) batch(ctx context.Context, msgs ...*nats.Msg) (pubAck, error) {
+	id := nuid.Next()
+	for i, m := range msgs {
+		m.Header.Set("Nats-Batch-Id", id)
+		m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(i+1))
+		if i < len(msgs)-1 {
+			if err := s.nc.PublishMsg(m); err != nil {
+				return pubAck{}, unavailable(err)
+			}
+		}
+	}
+	last := msgs[len(msgs)-1]
+	last.Header.Set("Nats-Batch-Commit", "1")
+	ack, err := s.publish(ctx, last)
+	if err != nil {
+		return ack, err
+	}
+	if ack.Batch != id || ack.Count != len(msgs) {
+		// The server applied the messages one by one: the guarantee is gone.
+		return ack, fmt.Errorf("%w: batch ack %+v", ErrAtomicPublishUnsupported, ack)
+	}
+	return ack, nil
+}
+
+func unavailable(err error) error {
+	if errors.Is(err, context.Canceled) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+}
+
+func (s *Store) leaseMsg(key string, rec record, ttl time.Duration, expect uint64) *nats.Msg {
+	body, _ := msgpack.Marshal(rec)
+	return &nats.Msg{Subject: s.lockPfx + key, Data: body, Header: nats.Header{
+		natsjs.MsgTTLHeader:              {ttlHeader(ttl)},
+		natsjs.ExpectedLastSubjSeqHeader: {strconv.FormatUint(expect, 10)},
+	}}
+}
+
+// releaseMsg purges the lease, keeping the last lease in the marker body.
+func (s *Store) releaseMsg(key string, st lockState) *nats.Msg {
+	rec := st.rec
+	rec.Token = st.token
+	body, _ := msgpack.Marshal(rec)
+	return &nats.Msg{Subject: s.lockPfx + key, Data: body, Header: nats.Header{
+		"KV-Operation":                   {"PURGE"},
+		"Nats-Rollup":                    {"sub"},
+		natsjs.MsgTTLHeader:              {s.markTTL},
+		natsjs.ExpectedLastSubjSeqHeader: {strconv.FormatUint(st.seq, 10)},
+	}}
+}
+
+func (s *Store) objectMsg(key string, u store.Update) *nats.Msg {
+	m := &nats.Msg{Subject: s.objPfx + key, Header: nats.Header{}}
+	if u.Op == store.Delete {
+		m.Header.Set("KV-Operation", "PURGE")
+		m.Header.Set("Nats-Rollup", "sub")
+		m.Header.Set(natsjs.MsgTTLHeader, s.markTTL)
+		return m
+	}
+	m.Data = u.Value
+	if s.objTTL != "" {
+		m.Header.Set(natsjs.MsgTTLHeader, s.objTTL)
+	}
+	return m
+}
+
+func (s *Store) checkValue(u store.Update) error {
+	if u.Op == store.Set && u.Value == nil {
+		return fmt.Errorf("%w: Set needs a non-nil value", store.ErrInvalid)
+	}
+	if len(u.Value) > s.cfg.MaxValueBytes {
+		return fmt.Errorf("%w: value is %d bytes, the limit is %d", store.ErrInvalid, len(u.Value), s.cfg.MaxValueBytes)
+	}
+	return nil
+}
+
+type objResult struct {
+	v   []byte
+	err error
+}
+
+// Acquire takes key for lockID with one compare-and-set publish, reading the
+// state object in parallel (consistent: the object can only change while
+// the lease subject is at a holder's sequence, and the publish succeeds only
+// if it is still at the free sequence we expected).
+func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.AcquireOptions) (store.Grant, error) {
+	if opts.TTL <= 0 {
+		return store.Grant{}, fmt.Errorf("%w: TTL must be positive", store.ErrInvalid)
+	}
+	me := holderHash(lockID)
+	// Without a hint, assume a never-used key (expected sequence 0): one
+	// round trip for new keys, a re-read on mismatch.
+	cur, _ := s.getHint(key)
+	ok := true
+	for attempt := 0; attempt < 6; attempt++ {
+		if !ok {
+			var err error
+			if cur, err = s.readLock(ctx, key); err != nil {
+				return store.Grant{}, err
+			}
+			ok = true
+		}
+		if cur.held {
+			if !sameHolder(cur.rec.Holder, me) {
+				// The hint may be stale: confirm with the leader once.
+				if attempt == 0 {
+					ok = false
+					continue
+				}
+				le := &store.LockedError{Key: key, Lease: cur.lease()}
+				return store.Grant{}, le
+			}
+			// Idempotent retry: the same grant, read fresh.
+			fresh, err := s.readLock(ctx, key)
+			if err != nil {
+				return store.Grant{}, err
+			}
+			if fresh.seq != cur.seq {
+				cur = fresh
+				continue
+			}
+			v, err := s.readObject(ctx, key)
+			if err != nil {
+				return store.Grant{}, err
+			}
+			return store.Grant{Lease: cur.lease(), Value: v}, nil
+		}
+		objc := make(chan objResult, 1)
+		go func() {
+			v, err := s.readObject(ctx, key)
+			objc <- objResult{v, err}
+		}()
+		rec := record{Holder: me, Owner: opts.Owner, TTLms: opts.TTL.Milliseconds()}
+		sent := time.Now()
+		ack, err := s.publish(ctx, s.leaseMsg(key, rec, opts.TTL, cur.seq))
+		if errors.Is(err, errWrongSeq) {
+			<-objc
+			ok = false
+			continue
+		}
+		if err != nil {
+			<-objc
+			return store.Grant{}, err
+		}
+		st := lockState{seq: ack.Sequence, held: true, rec: rec, token: ack.Sequence, stored: sent}
+		s.setHint(key, st)
+		o := <-objc
+		if o.err != nil {
+			// We hold the lock but could not read its state: give it back.
+			_ = s.releaseAfterFailure(key, st)
+			return store.Grant{}, o.err
+		}
+		return store.Grant{Lease: st.lease(), Value: o.v}, nil
+	}
+	// Every compare-and-set after a fresh read lost to another writer of
+	// the lease subject, and only an acquire can move a free lease: the lock
+	// was held by someone else in between, which is the answer.
+	return store.Grant{}, &store.LockedError{Key: key, Lease: cur.lease()}
+}
+
+func (s *Store) releaseAfterFailure(key string, st lockState) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err := s.publish(ctx, s.releaseMsg(key, st))
+	return err
+}
+
+// held returns the lease lockID holds on key, trying the hint first when
+// trustHint is set, or ErrNotHeld.
+func (s *Store) held(ctx context.Context, key string, me []byte, trustHint bool) (lockState, error) {
+	if trustHint {
+		if h, ok := s.getHint(key); ok && h.held && sameHolder(h.rec.Holder, me) {
+			return h, nil
+		}
+	}
+	st, err := s.readLock(ctx, key)
+	if err != nil {
+		return lockState{}, err
+	}
+	if !st.held || !sameHolder(st.rec.Holder, me) {
+		return lockState{}, store.ErrNotHeld
+	}
+	return st, nil
+}
+
+// casHeld runs op against the lease lockID holds, re-reading once when the
+// hint turns out stale.
+func (s *Store) casHeld(ctx context.Context, key, lockID string, op func(lockState) error) error {
+	me := holderHash(lockID)
+	for _, trust := range []bool{true, false} {
+		st, err := s.held(ctx, key, me, trust)
+		if err != nil {
+			return err
+		}
+		err = op(st)
+		if errors.Is(err, errWrongSeq) {
+			continue
+		}
+		return err
+	}
+	return store.ErrNotHeld
+}
+
+// Refresh renews the lease with a new TTL, keeping its token.
+func (s *Store) Refresh(ctx context.Context, key, lockID string, ttl time.Duration) (store.Lease, error) {
+	if ttl <= 0 {
+		return store.Lease{}, fmt.Errorf("%w: TTL must be positive", store.ErrInvalid)
+	}
+	var out store.Lease
+	err := s.casHeld(ctx, key, lockID, func(st lockState) error {
+		rec := st.rec
+		rec.Token = st.token
+		rec.TTLms = ttl.Milliseconds()
+		sent := time.Now()
+		ack, err := s.publish(ctx, s.leaseMsg(key, rec, ttl, st.seq))
+		if err != nil {
+			return err
+		}
+		ns := lockState{seq: ack.Sequence, held: true, rec: rec, token: st.token, stored: sent}
+		s.setHint(key, ns)
+		out = ns.lease()
+		return nil
+	})
+	return out, err
+}
+
+// Release purges the lease and applies u, atomically.
+func (s *Store) Release(ctx context.Context, key, lockID string, u store.Update) error {
+	if err := s.checkValue(u); err != nil {
+		return err
+	}
+	return s.casHeld(ctx, key, lockID, func(st lockState) error {
+		var ack pubAck
+		var err error
+		if u.Op == store.Keep {
+			ack, err = s.publish(ctx, s.releaseMsg(key, st))
+		} else {
+			ack, err = s.batch(ctx, s.objectMsg(key, u), s.releaseMsg(key, st))
+		}
+		if err == nil {
+			s.setHint(key, lockState{seq: ack.Sequence, rec: st.rec, token: st.token})
+		}
+		return err
+	})
+}
+
+// Write applies u to the state object, guarded by the lease's sequence.
+func (s *Store) Write(ctx context.Context, key, lockID string, u store.Update) error {
+	if err := s.checkValue(u); err != nil {
+		return err
+	}
+	if u.Op == store.Keep {
+		_, err := s.held(ctx, key, holderHash(lockID), false)
+		return err
+	}
+	return s.casHeld(ctx, key, lockID, func(st lockState) error {
+		m := s.objectMsg(key, u)
+		m.Header.Set(natsjs.ExpectedLastSubjSeqSubjHeader, s.lockPfx+key)
+		m.Header.Set(natsjs.ExpectedLastSubjSeqHeader, strconv.FormatUint(st.seq, 10))
+		_, err := s.publish(ctx, m)
+		return err
+	})
+}
+
+// Get reads the lease and the state object (in parallel).
+func (s *Store) Get(ctx context.Context, key string) (store.Info, error) {
+	objc := make(chan objResult, 1)
+	go func() {
+		v, err := s.readObject(ctx, key)
+		objc <- objResult{v, err}
+	}()
+	st, err := s.readLock(ctx, key)
+	o := <-objc
+	if err != nil {
+		return store.Info{}, err
+	}
+	if o.err != nil {
+		return store.Info{}, o.err
+	}
+	return store.Info{Locked: st.held, Lease: st.lease(), Value: o.v}, nil
+}
