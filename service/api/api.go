@@ -53,7 +53,6 @@ const (
 	CodeBadRequest  = 400 // the request is malformed or out of range; fix it
 	CodeTimeout     = 408 // wait ran out before the key was unlocked
 	CodeConflict    = 409 // the lock id does not hold the lock
-	CodeTooLarge    = 413 // the value is larger than the service accepts
 	CodeInternal    = 500 // a bug or an unexpected store answer
 	CodeUnavailable = 503 // store unreachable, too many waiters, shutting down
 )
@@ -250,6 +249,16 @@ type WaitResponse struct {
 	Key   string `json:"key" msgpack:"key"`
 	Value Value  `json:"value" msgpack:"value"`
 }
+
+// CancelResponse is sent by the instance that had the acquire parked.
+type CancelResponse struct {
+	Key       string `json:"key" msgpack:"key"`
+	Cancelled bool   `json:"cancelled" msgpack:"cancelled"`
+}
+
+// InstanceHeader names the service instance that published an event, so
+// instances can ignore their own.
+const InstanceHeader = "Lockservice-Instance"
 
 // CancelRequest is the payload of <prefix>.cancel.<key>: withdraw a blocking
 // acquire the caller gave up on. Every instance receives it.

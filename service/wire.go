@@ -1,0 +1,211 @@
+package service
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/lockservice/lockservice/service/api"
+	"github.com/lockservice/lockservice/store"
+)
+
+// request is one request taken off the micro handler, answered on the
+// connection (never through micro.Request, which is not safe to answer from
+// another goroutine).
+type request struct {
+	key      string
+	reply    string
+	msgpack  bool
+	data     []byte
+	received time.Time
+}
+
+// handler validates the key, takes an in-flight slot and runs h on its own
+// goroutine, so no endpoint ever blocks its subscription.
+func (s *Service) handler(op string, h func(*request)) micro.Handler {
+	skip := len(s.cfg.Prefix) + len(op) + 2
+	return micro.HandlerFunc(func(r micro.Request) {
+		subj := r.Subject()
+		key := ""
+		if len(subj) > skip {
+			key = subj[skip:]
+		}
+		if err := api.ValidateKey(key); err != nil {
+			_ = r.Error(strconv.Itoa(api.CodeBadRequest), err.Error(), nil)
+			return
+		}
+		select {
+		case s.inflight <- struct{}{}:
+		default:
+			s.stats.overloaded.Add(1)
+			_ = r.Error(strconv.Itoa(api.CodeUnavailable), fmt.Sprintf("instance overloaded: %d operations in progress; retry with backoff", cap(s.inflight)), nil)
+			return
+		}
+		s.mu.Lock()
+		if s.stopping.Load() {
+			s.mu.Unlock()
+			<-s.inflight
+			_ = r.Error(strconv.Itoa(api.CodeUnavailable), "lock service instance is shutting down; retry", nil)
+			return
+		}
+		s.ops.Add(1)
+		s.mu.Unlock()
+		req := &request{
+			key:      key,
+			reply:    r.Reply(),
+			msgpack:  r.Headers().Get(api.ContentTypeHeader) == api.MsgpackContentType,
+			data:     r.Data(),
+			received: time.Now(),
+		}
+		go func() {
+			defer s.ops.Done()
+			defer func() { <-s.inflight }()
+			h(req)
+		}()
+	})
+}
+
+// decode reads the payload into v: msgpack or JSON, unknown fields rejected.
+// An empty payload leaves v at its zero value.
+func (r *request) decode(v any) error {
+	if len(bytes.TrimSpace(r.data)) == 0 {
+		return nil
+	}
+	if r.msgpack {
+		dec := msgpack.NewDecoder(bytes.NewReader(r.data))
+		dec.DisallowUnknownFields(true)
+		if err := dec.Decode(v); err != nil {
+			return fmt.Errorf("malformed msgpack payload: %v", err)
+		}
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(r.data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("malformed JSON payload: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("malformed JSON payload: more than one JSON value")
+	}
+	return nil
+}
+
+// respond sends v in the request's encoding.
+func (s *Service) respond(r *request, v any) {
+	if r.reply == "" {
+		return
+	}
+	m := &nats.Msg{Subject: r.reply, Header: nats.Header{}}
+	var err error
+	if r.msgpack {
+		m.Data, err = msgpack.Marshal(v)
+		m.Header.Set(api.ContentTypeHeader, api.MsgpackContentType)
+	} else {
+		m.Data, err = json.Marshal(v)
+		m.Header.Set(api.ContentTypeHeader, api.JSONContentType)
+	}
+	if err != nil {
+		s.fail(r, api.CodeInternal, "encode response: %v", err)
+		return
+	}
+	if err := s.nc.PublishMsg(m); err != nil {
+		s.cfg.Logf("reply on %s: %v", r.reply, err)
+	}
+}
+
+// fail sends a micro error (Nats-Service-Error-Code / Nats-Service-Error).
+func (s *Service) fail(r *request, code int, format string, args ...any) {
+	if r.reply == "" {
+		return
+	}
+	msg := fmt.Sprintf(format, args...)
+	err := s.nc.PublishMsg(&nats.Msg{Subject: r.reply, Header: nats.Header{
+		micro.ErrorCodeHeader: {strconv.Itoa(code)},
+		micro.ErrorHeader:     {msg},
+	}})
+	if err != nil {
+		s.cfg.Logf("reply on %s: %v", r.reply, err)
+	}
+}
+
+// failStore answers with the wire code for a store error: the one table
+// from store errors to codes.
+func (s *Service) failStore(r *request, op string, err error) {
+	code := CodeFor(err)
+	switch code {
+	case api.CodeConflict:
+		s.fail(r, code, "%s %q: lock_id does not hold the lock (never acquired, released, expired or taken over)", op, r.key)
+	case api.CodeBadRequest:
+		s.fail(r, code, "%s %q: %v", op, r.key, err)
+	case api.CodeUnavailable:
+		s.stats.storeErrors.Add(1)
+		s.fail(r, code, "%s %q: store unavailable, retry later: %v", op, r.key, err)
+	default:
+		s.stats.storeErrors.Add(1)
+		s.cfg.Logf("%s %q: %v", op, r.key, err)
+		s.fail(r, code, "%s %q: internal error: %v", op, r.key, err)
+	}
+}
+
+// CodeFor maps a store error to its wire error code.
+func CodeFor(err error) int {
+	switch {
+	case errors.Is(err, store.ErrNotHeld):
+		return api.CodeConflict
+	case errors.Is(err, store.ErrInvalid):
+		return api.CodeBadRequest
+	case errors.Is(err, store.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		return api.CodeUnavailable
+	default:
+		return api.CodeInternal
+	}
+}
+
+// duration converts a millisecond field, checking its range.
+func duration(field string, ms int64, def, max time.Duration) (time.Duration, error) {
+	if ms < 0 {
+		return 0, fmt.Errorf("%s must not be negative, got %d", field, ms)
+	}
+	if ms == 0 {
+		return def, nil
+	}
+	if ms > max.Milliseconds() {
+		return 0, fmt.Errorf("%s %d exceeds the maximum %d configured for this service", field, ms, max.Milliseconds())
+	}
+	return time.Duration(ms) * time.Millisecond, nil
+}
+
+// newLockID returns 128 random bits, base64url: unguessable.
+func newLockID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+func (s *Service) storeCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(s.ctx, s.cfg.StoreTimeout)
+}
+
+// publishEvent announces the end of a lease on <prefix>.<event>.<key>.
+func (s *Service) publishEvent(event, key string, token uint64) {
+	data, _ := json.Marshal(api.Event{Key: key, Token: token})
+	err := s.nc.PublishMsg(&nats.Msg{
+		Subject: api.Subject(s.cfg.Prefix, event, key),
+		Data:    data,
+		Header:  nats.Header{api.InstanceHeader: {s.id}, api.ContentTypeHeader: {api.JSONContentType}},
+	})
+	if err != nil {
+		s.cfg.Logf("publish %s event for %q: %v", event, key, err)
+	}
+}
