@@ -20,7 +20,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
-	"github.com/nats-io/nuid"
 
 	"github.com/lockservice/lockservice/service/api"
 	"github.com/lockservice/lockservice/store"
@@ -144,12 +143,12 @@ func New(nc *nats.Conn, st store.Store, cfg Config) (*Service, error) {
 	}
 	ctx, abort := context.WithCancel(context.Background())
 	s := &Service{
-		nc: nc, st: st, cfg: cfg, id: nuid.Next(), ctx: ctx, abort: abort,
+		nc: nc, st: st, cfg: cfg, ctx: ctx, abort: abort,
 		inflight: make(chan struct{}, cfg.MaxInflight),
 		keys:     make(map[string]*keyState),
 		ids:      make(map[string]*waiter),
 	}
-	md := map[string]string{"prefix": cfg.Prefix, "instance": s.id}
+	md := map[string]string{"prefix": cfg.Prefix}
 	for k, v := range cfg.Metadata {
 		md[k] = v
 	}
@@ -166,6 +165,7 @@ func New(nc *nats.Conn, st store.Store, cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("service: %w", err)
 	}
 	s.svc = svc
+	s.id = svc.Info().ID
 	g := svc.AddGroup(cfg.Prefix)
 	endpoints := []struct {
 		op, desc string
@@ -210,7 +210,7 @@ func New(nc *nats.Conn, st store.Store, cfg Config) (*Service, error) {
 	return s, nil
 }
 
-// ID returns the instance id (also in the micro metadata).
+// ID returns the instance id: the micro service id ($SRV.INFO.lockservice.<id>).
 func (s *Service) ID() string { return s.id }
 
 // Stop stops serving: new requests get no responder, parked waiters get 503,
@@ -257,4 +257,19 @@ func (s *Service) statsData(e *micro.Endpoint) any {
 		"store_errors":   s.stats.storeErrors.Load(),
 		"expired_events": s.stats.expiredEvents.Load(),
 	}
+}
+
+// Stats is a snapshot of an instance's own counters.
+type Stats struct {
+	ParkedWaiters int
+	WaitedKeys    int
+	Inflight      int
+	Grants        int64
+}
+
+// Stats returns a snapshot of the instance's counters.
+func (s *Service) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Stats{ParkedWaiters: s.waiters, WaitedKeys: len(s.keys), Inflight: len(s.inflight), Grants: s.stats.grants.Load()}
 }

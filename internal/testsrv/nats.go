@@ -3,6 +3,8 @@
 package testsrv
 
 import (
+	"fmt"
+	"net"
 	"testing"
 	"time"
 
@@ -35,10 +37,59 @@ func NATS(t testing.TB, dir string) *server.Server {
 // Connect connects to s, closing the connection at cleanup.
 func Connect(t testing.TB, s *server.Server, opts ...nats.Option) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(s.ClientURL(), opts...)
+	return ConnectURL(t, s.ClientURL(), opts...)
+}
+
+// ConnectURL connects to url, closing the connection at cleanup.
+func ConnectURL(t testing.TB, url string, opts ...nats.Option) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
 	t.Cleanup(nc.Close)
 	return nc
+}
+
+// NATSUsers starts a nats-server with JetStream and one user per entry of
+// denySub (password = name), each denied subscribing to the listed subjects;
+// user "full" may do everything. Tests use it to steer requests to chosen
+// service instances: an instance whose user may not subscribe to
+// lock.release.> never receives a release. It returns the server and a URL
+// per user.
+func NATSUsers(t testing.TB, denySub map[string][]string) (*server.Server, map[string]string) {
+	t.Helper()
+	users := []*server.User{{Username: "full", Password: "full"}}
+	for name, deny := range denySub {
+		users = append(users, &server.User{Username: name, Password: name,
+			Permissions: &server.Permissions{Subscribe: &server.SubjectPermission{Allow: []string{">"}, Deny: deny}}})
+	}
+	s, err := server.NewServer(&server.Options{
+		ServerName: "test", Host: "127.0.0.1", Port: -1, Users: users,
+		JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+	})
+	if err != nil {
+		t.Fatalf("nats-server: %v", err)
+	}
+	s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatalf("nats-server not ready")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	urls := map[string]string{}
+	for _, u := range users {
+		urls[u.Username] = fmt.Sprintf("nats://%s:%s@%s", u.Username, u.Password, s.Addr().String())
+	}
+	return s, urls
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }

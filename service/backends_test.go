@@ -1,0 +1,7 @@
+package service_test
+
+import "testing"
+
+func backends(t *testing.T) []backend {
+	return []backend{jetstreamBackend()}
+}
