@@ -179,7 +179,9 @@ func WithTTL(d time.Duration) AcquireOption {
 }
 
 // WithOwnerLabel labels this lock for anyone who inspects it.
-func WithOwnerLabel(label string) AcquireOption { return func(r *api.AcquireRequest) { r.Owner = label } }
+func WithOwnerLabel(label string) AcquireOption {
+	return func(r *api.AcquireRequest) { r.Owner = label }
+}
 
 // WithLockID uses id (16-128 chars of [-_a-zA-Z0-9], unguessable) instead
 // of a fresh random one.

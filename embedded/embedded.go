@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/lockservice/lockservice/service"
+	"github.com/lockservice/lockservice/store"
 	jsstore "github.com/lockservice/lockservice/store/jetstream"
 )
 
@@ -45,6 +46,7 @@ type options struct {
 	configFile string
 	svc        service.Config
 	store      jsstore.Config
+	custom     store.Store
 	logf       func(format string, args ...any)
 }
 
@@ -74,6 +76,10 @@ func WithServiceConfig(cfg service.Config) Option { return func(o *options) { o.
 
 // WithStoreConfig sets the JetStream store's configuration.
 func WithStoreConfig(cfg jsstore.Config) Option { return func(o *options) { o.store = cfg } }
+
+// WithStore serves locks from st (for example a Redis store) instead of
+// the embedded server's JetStream. st stays the caller's to close.
+func WithStore(st store.Store) Option { return func(o *options) { o.custom = st } }
 
 // WithLogf sends nats-server's log lines to logf (default: silent).
 func WithLogf(logf func(format string, args ...any)) Option {
@@ -151,14 +157,18 @@ func Start(opts ...Option) (*Server, error) {
 		srv.Close()
 		return nil, fmt.Errorf("embedded: connect: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	srv.store, err = jsstore.New(ctx, srv.nc, o.store)
-	if err != nil {
-		srv.Close()
-		return nil, err
+	var st store.Store = o.custom
+	if st == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.store, err = jsstore.New(ctx, srv.nc, o.store)
+		if err != nil {
+			srv.Close()
+			return nil, err
+		}
+		st = srv.store
 	}
-	srv.svc, err = service.New(srv.nc, srv.store, o.svc)
+	srv.svc, err = service.New(srv.nc, st, o.svc)
 	if err != nil {
 		srv.Close()
 		return nil, err

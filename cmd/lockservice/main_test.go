@@ -1,0 +1,154 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/lockservice/lockservice/internal/testsrv"
+)
+
+// syncBuffer is a bytes.Buffer safe for the writer and a polling reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func waitFor(t *testing.T, out *syncBuffer, want string, errc chan error) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(out.String(), want) {
+		select {
+		case err := <-errc:
+			t.Fatalf("run returned %v before printing %q; output:\n%s", err, want, out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in output:\n%s", want, out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestRunEmbedded(t *testing.T) {
+	port := testsrv.FreePort(t)
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(t.Context())
+	var out, errOut syncBuffer
+	errc := make(chan error, 1)
+	go func() { errc <- run(ctx, []string{"--port", strconv.Itoa(port), "--data-dir", dir}, &out, &errOut) }()
+	waitFor(t, &out, "req lock.acquire.demo", errc)
+
+	nc, err := nats.Connect("nats://127.0.0.1:" + strconv.Itoa(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	m, err := nc.Request("lock.acquire.demo", []byte(`{"ttl_ms":5000}`), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var resp map[string]any
+	if err := json.Unmarshal(m.Data, &resp); err != nil || resp["acquired"] != true {
+		t.Fatalf("acquire through the command = %s, %v", m.Data, err)
+	}
+	cancel()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Errorf("run after cancel = %v, want nil", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("run did not return after cancel")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "jetstream")); err != nil {
+		t.Errorf("no JetStream data in --data-dir: %v", err)
+	}
+}
+
+func TestRunBusyPort(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	var out, errOut syncBuffer
+	err = run(t.Context(), []string{"--port", strconv.Itoa(port), "--data-dir", t.TempDir()}, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "is in use") || !strings.Contains(err.Error(), "--port") {
+		t.Errorf("run on a busy port = %v, want a message naming the port and --port", err)
+	}
+}
+
+func TestRunBadFlags(t *testing.T) {
+	cases := map[string][]string{
+		"--store must be":       {"--store", "mysql"},
+		"must not be negative":  {"--object-ttl", "-1s"},
+		"unexpected argument":   {"serve"},
+		"longer than the max":   {"--default-ttl", "1h", "--max-ttl", "1m"},
+		"--redis-mode must be":  {"--store", "redis", "--redis-mode", "ring"},
+		"connect to NATS":       {"--nats-url", "nats://127.0.0.1:1"},
+		"redis at redis://127.": {"--store", "redis", "--redis-url", "redis://127.0.0.1:1/0", "--port", "0"},
+	}
+	for want, args := range cases {
+		var out, errOut syncBuffer
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		err := run(ctx, args, &out, &errOut)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("run(%q) = %v, want an error containing %q", args, err, want)
+		}
+	}
+}
+
+// TestSampleConfig parses the repository's nats.conf as nats-server would.
+func TestSampleConfig(t *testing.T) {
+	opts, err := server.ProcessConfigFile("../../nats.conf")
+	if err != nil {
+		t.Fatalf("nats.conf: %v", err)
+	}
+	if !opts.JetStream || opts.StoreDir == "" || opts.Host != "127.0.0.1" || opts.Port != 4222 || !opts.SyncAlways {
+		t.Errorf("nats.conf gives JetStream=%v StoreDir=%q listen=%s:%d SyncAlways=%v", opts.JetStream, opts.StoreDir, opts.Host, opts.Port, opts.SyncAlways)
+	}
+}
+
+// TestRunWithConfigFile starts the embedded server from nats.conf, with
+// the listen address and data dir overridden by flags.
+func TestRunWithConfigFile(t *testing.T) {
+	port := testsrv.FreePort(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var out, errOut syncBuffer
+	errc := make(chan error, 1)
+	go func() {
+		errc <- run(ctx, []string{"-c", "../../nats.conf", "--port", strconv.Itoa(port), "--data-dir", t.TempDir()}, &out, &errOut)
+	}()
+	waitFor(t, &out, "127.0.0.1:"+strconv.Itoa(port), errc)
+	cancel()
+	if err := <-errc; err != nil {
+		t.Errorf("run = %v", err)
+	}
+}

@@ -1,0 +1,43 @@
+#!lua
+-- acquire: take the lock for a holder when it is free, or report the live
+-- lease. All keys share one hash tag, so the script runs on one slot.
+--
+-- KEYS[1] lock hash (h holder, o owner, t token, l lease ms)
+-- KEYS[2] fence counter (INCR, never reset)
+-- KEYS[3] state object
+-- ARGV[1] holder (hex of sha256(lock id)[:16])
+-- ARGV[2] owner label
+-- ARGV[3] lease length in ms
+-- ARGV[4] '1' when the caller will WAIT for replicas after the script
+--
+-- Reply: {status, token, owner, lease ms, pttl ms, has value, value}
+--   status 1: granted now; 2: already held by this holder (the same grant,
+--   unchanged); 0: held by another holder (only the first five fields).
+local lock, fence, obj = KEYS[1], KEYS[2], KEYS[3]
+local cur = redis.call('HMGET', lock, 'h', 'o', 't', 'l')
+local status, token, owner, lease
+if cur[1] then
+  if cur[1] ~= ARGV[1] then
+    return {0, cur[3] or '0', cur[2] or '', cur[4] or '0', redis.call('PTTL', lock)}
+  end
+  if ARGV[4] == '1' then
+    -- Rewrite the holder unchanged: it moves this connection's replication
+    -- offset past the original grant, so the WAIT that follows covers it.
+    redis.call('HSET', lock, 'h', ARGV[1])
+  end
+  status, token, owner, lease = 2, cur[3] or '0', cur[2] or '', cur[4] or '0'
+else
+  redis.call('INCR', fence)
+  -- Read the counter back as a string: Lua numbers are doubles.
+  token = redis.call('GET', fence)
+  redis.call('DEL', lock) -- drop a malformed hash without a holder
+  redis.call('HSET', lock, 'h', ARGV[1], 'o', ARGV[2], 't', token, 'l', ARGV[3])
+  redis.call('PEXPIRE', lock, ARGV[3])
+  status, owner, lease = 1, ARGV[2], ARGV[3]
+end
+local pttl = redis.call('PTTL', lock)
+local v = redis.call('GET', obj)
+if v then
+  return {status, token, owner, lease, pttl, 1, v}
+end
+return {status, token, owner, lease, pttl, 0, ''}
