@@ -10,7 +10,7 @@ import (
 
 // backends lists the stores every service test runs on. Redis tests start
 // a real redis-server; they fail (never skip) when it is missing.
-func backends(t *testing.T) []backend {
+func backends(testing.TB) []backend {
 	return []backend{jetstreamBackend(), redisBackend()}
 }
 
@@ -23,6 +23,7 @@ func redisBackend() backend {
 		if r == nil {
 			r = testsrv.StartRedis(t)
 			servers[t] = r
+			t.Cleanup(func() { delete(servers, t) })
 		}
 		s, err := redisstore.New(t.Context(), r.Client(t), redisstore.Config{Namespace: "svc"})
 		if err != nil {
