@@ -216,18 +216,21 @@ func redisClient(rawURL, mode string) (goredis.UniversalClient, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--redis-url %q: %w (want redis://[user:password@]host:port/db or rediss:// for TLS)", redactURL(rawURL), err)
 		}
+		o.MaxRetries = -1 // a retried script could report an applied release as not held
 		return goredis.NewClient(o), nil
 	case "cluster":
 		o, err := goredis.ParseClusterURL(rawURL)
 		if err != nil {
 			return nil, fmt.Errorf("--redis-url %q: %w (want redis://host:port?addr=host2:port2&addr=...)", redactURL(rawURL), err)
 		}
+		o.MaxRetries = -1
 		return goredis.NewClusterClient(o), nil
 	case "sentinel":
 		o, err := goredis.ParseFailoverURL(rawURL)
 		if err != nil {
 			return nil, fmt.Errorf("--redis-url %q: %w (want redis://sentinel:26379?master_name=mymaster&addr=sentinel2:26379)", redactURL(rawURL), err)
 		}
+		o.MaxRetries = -1
 		return goredis.NewFailoverClient(o), nil
 	}
 	return nil, fmt.Errorf("--redis-mode must be single, cluster or sentinel, got %q", mode)
