@@ -152,3 +152,44 @@ func TestRunWithConfigFile(t *testing.T) {
 		t.Errorf("run = %v", err)
 	}
 }
+
+// TestRunRedis: lockservice --store redis serves the same protocol.
+func TestRunRedis(t *testing.T) {
+	r := testsrv.StartRedis(t)
+	port := testsrv.FreePort(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var out, errOut syncBuffer
+	errc := make(chan error, 1)
+	go func() {
+		errc <- run(ctx, []string{"--store", "redis", "--redis-url", "redis://" + r.Addr + "/0", "--port", strconv.Itoa(port), "--data-dir", t.TempDir()}, &out, &errOut)
+	}()
+	waitFor(t, &out, "store redis at redis://"+r.Addr, errc)
+	nc, err := nats.Connect("nats://127.0.0.1:" + strconv.Itoa(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	var first map[string]any
+	for i, want := range []bool{true, false} {
+		m, err := nc.Request("lock.acquire.demo", []byte(`{"ttl_ms":5000}`), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var resp map[string]any
+		if err := json.Unmarshal(m.Data, &resp); err != nil || resp["acquired"] != want {
+			t.Fatalf("acquire %d = %s, %v, want acquired %v", i, m.Data, err, want)
+		}
+		if i == 0 {
+			first = resp
+		}
+	}
+	// The lock lives in Redis.
+	if n, err := r.Client(t).Exists(t.Context(), "lockservice:{demo}:lock").Result(); err != nil || n != 1 {
+		t.Errorf("redis key lockservice:{demo}:lock exists = %d, %v (grant %v)", n, err, first)
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Errorf("run = %v", err)
+	}
+}
