@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -387,4 +388,65 @@ func TestErrorTable(t *testing.T) {
 	if !errors.Is(&client.Error{Code: 408}, client.ErrTimeout) {
 		t.Errorf("408 does not map to ErrTimeout")
 	}
+}
+
+// countingStore counts Acquire calls on a real store.
+type countingStore struct {
+	store.Store
+	mu       sync.Mutex
+	acquires int
+}
+
+func (c *countingStore) Acquire(ctx context.Context, key, lockID string, opts store.AcquireOptions) (store.Grant, error) {
+	c.mu.Lock()
+	c.acquires++
+	c.mu.Unlock()
+	return c.Store.Acquire(ctx, key, lockID, opts)
+}
+
+func (c *countingStore) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.acquires
+}
+
+// TestOneAttemptPerWake: a release with 20 parked acquirers on one
+// instance costs one store attempt, not one per waiter, and grants to the
+// first in line.
+func TestOneAttemptPerWake(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		srv := testsrv.NATS(t, "")
+		cs := &countingStore{Store: b.newStore(t, srv.ClientURL())}
+		svc := startInstance(t, srv.ClientURL(), cs, service.Config{})
+		nc := testsrv.Connect(t, srv)
+		key := "wake." + client.NewLockID()
+		held, _, _ := raw(t, nc, "lock.acquire."+key, `{"ttl_ms":60000}`)
+		inbox := nats.NewInbox()
+		replies, _ := nc.SubscribeSync(inbox)
+		const waiters = 20
+		for i := 0; i < waiters; i++ {
+			body := fmt.Sprintf(`{"wait_ms":30000,"owner":"w%02d"}`, i)
+			if err := nc.PublishRequest("lock.acquire."+key, inbox, []byte(body)); err != nil {
+				t.Fatal(err)
+			}
+			waitParked(t, svc, i+1) // park in a known order
+		}
+		before := cs.count()
+		raw(t, nc, "lock.release."+key, fmt.Sprintf(`{"lock_id":%q}`, held["lock_id"]))
+		m, err := replies.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got api.AcquireResponse
+		json.Unmarshal(m.Data, &got)
+		if !got.Acquired || got.Owner != "w00" {
+			t.Errorf("first answer after the release = %s, want the first parked waiter (w00) granted", m.Data)
+		}
+		if n := cs.count() - before; n != 1 {
+			t.Errorf("%d store attempts for one release with %d waiters, want 1", n, waiters)
+		}
+		if parked(t, svc) != waiters-1 {
+			t.Errorf("%d still parked, want %d", parked(t, svc), waiters-1)
+		}
+	})
 }
