@@ -96,7 +96,10 @@ func (s *Service) release(r *request) {
 	}
 	ctx, cancel := s.storeCtx()
 	defer cancel()
-	err := s.st.Release(ctx, r.key, req.LockID, u)
+	handed, err := s.handOff(ctx, r.key, req.LockID, u)
+	if !handed {
+		err = s.st.Release(ctx, r.key, req.LockID, u)
+	}
 	if errors.Is(err, store.ErrNotHeld) {
 		s.respond(r, api.ReleaseResponse{Key: r.key, Released: false})
 		return
@@ -105,7 +108,9 @@ func (s *Service) release(r *request) {
 		s.failStore(r, "release", err)
 		return
 	}
-	s.released(r.key)
+	if !handed {
+		s.released(r.key)
+	}
 	s.respond(r, api.ReleaseResponse{Key: r.key, Released: true})
 }
 
@@ -126,11 +131,18 @@ func (s *Service) delete(r *request) {
 	}
 	ctx, cancel := s.storeCtx()
 	defer cancel()
-	if err := s.st.Release(ctx, r.key, req.LockID, store.Update{Op: store.Delete}); err != nil {
+	u := store.Update{Op: store.Delete}
+	handed, err := s.handOff(ctx, r.key, req.LockID, u)
+	if !handed {
+		err = s.st.Release(ctx, r.key, req.LockID, u)
+	}
+	if err != nil {
 		s.failStore(r, "delete", err)
 		return
 	}
-	s.released(r.key)
+	if !handed {
+		s.released(r.key)
+	}
 	s.respond(r, api.DeleteResponse{Key: r.key, Deleted: true})
 }
 

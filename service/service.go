@@ -128,7 +128,7 @@ type Service struct {
 }
 
 type stats struct {
-	grants, waitTimeouts, overloaded, expiredEvents, storeErrors atomic.Int64
+	grants, handoffs, waitTimeouts, overloaded, expiredEvents, storeErrors atomic.Int64
 }
 
 // New registers the micro service "lockservice" on nc with an endpoint per
@@ -252,6 +252,7 @@ func (s *Service) statsData(e *micro.Endpoint) any {
 		"waited_keys":    keys,
 		"inflight":       len(s.inflight),
 		"grants":         s.stats.grants.Load(),
+		"handoffs":       s.stats.handoffs.Load(),
 		"wait_timeouts":  s.stats.waitTimeouts.Load(),
 		"overloaded":     s.stats.overloaded.Load(),
 		"store_errors":   s.stats.storeErrors.Load(),
@@ -265,11 +266,12 @@ type Stats struct {
 	WaitedKeys    int
 	Inflight      int
 	Grants        int64
+	Handoffs      int64 // grants made by a release handing the lock over
 }
 
 // Stats returns a snapshot of the instance's counters.
 func (s *Service) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Stats{ParkedWaiters: s.waiters, WaitedKeys: len(s.keys), Inflight: len(s.inflight), Grants: s.stats.grants.Load()}
+	return Stats{ParkedWaiters: s.waiters, WaitedKeys: len(s.keys), Inflight: len(s.inflight), Grants: s.stats.grants.Load(), Handoffs: s.stats.handoffs.Load()}
 }

@@ -548,9 +548,79 @@ func (s *Service) onEvent(m *nats.Msg) {
 		s.wake(rest[len(api.EventExpired)+1:], true)
 		return
 	}
+	if m.Header.Get(api.HandedOffHeader) != "" {
+		return // the lock went straight to the next holder: still locked
+	}
 	if len(rest) > len(api.EventReleased)+1 {
 		s.wake(rest[len(api.EventReleased)+1:], false)
 	}
+}
+
+// handOff ends fromID's lease and, when a request is parked for the key on
+// this instance and the store can do it atomically, grants the lock to the
+// first parked request in the same store operation (store.Transferrer):
+// one round trip, no window in which the key is free, FIFO. It reports
+// false when it did nothing (the caller then releases normally); otherwise
+// err is the store's answer for the release (store.ErrNotHeld: nothing
+// changed).
+func (s *Service) handOff(ctx context.Context, key, fromID string, u store.Update) (bool, error) {
+	tr, ok := s.st.(store.Transferrer)
+	if !ok {
+		return false, nil
+	}
+	s.mu.Lock()
+	ks := s.keys[key]
+	var head *waiter
+	if ks != nil && !ks.running {
+		if e := ks.acquirers.Front(); e != nil {
+			if w := e.Value.(*waiter); time.Now().Before(w.deadline) {
+				head = w
+				ks.running = true // this release acts as the key's driver
+			}
+		}
+	}
+	s.mu.Unlock()
+	if head == nil {
+		return false, nil
+	}
+	g, err := tr.Transfer(ctx, key, fromID, u, head.lockID, head.opts)
+	var answers []answer
+	abandoned := false
+	s.mu.Lock()
+	switch {
+	case err != nil, head.superseded:
+	case head.done || time.Now().After(head.deadline):
+		abandoned = true
+		if !head.done {
+			s.unparkLocked(head)
+			answers = append(answers, answer{r: head.r, resp: notAcquired(head, nil)})
+		}
+		s.forgetIDLocked(head)
+	default:
+		s.unparkLocked(head)
+		s.rememberGrantLocked(head, time.Now())
+		s.stats.grants.Add(1)
+		s.stats.handoffs.Add(1)
+		answers = append(answers, answer{r: head.r, resp: s.grantResponse(head, g)})
+		answers = s.takeWatchersLocked(ks, answers, g.Value)
+	}
+	ks.running = false
+	if ks.dirty && !abandoned {
+		ks.dirty = false
+		s.wakeLocked(key, ks)
+	}
+	s.dropIfIdle(key, ks)
+	s.mu.Unlock()
+	for _, a := range answers {
+		s.respond(a.r, a.resp)
+	}
+	if err == nil {
+		s.publishEventMsg(api.EventReleased, api.Event{Key: key, HandedOff: !abandoned})
+		if abandoned {
+			s.giveBack(head)
+		}
+	}
+	return true, err
 }
 
 // onStoreEvent handles expiries observed by the store (Notifier).

@@ -450,3 +450,56 @@ func TestOneAttemptPerWake(t *testing.T) {
 		}
 	})
 }
+
+// TestHandOff: a release on the instance where requests are parked hands
+// the lock straight to the first of them, in order, with the state the
+// releaser wrote, and other instances are not woken for nothing.
+func TestHandOff(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		srv, svcs := deployment(t, b, 1, service.Config{})
+		svc := svcs[0]
+		nc := testsrv.Connect(t, srv)
+		key := "handoff." + client.NewLockID()
+		events, _ := nc.SubscribeSync("lock.released." + key)
+		held, _, _ := raw(t, nc, "lock.acquire."+key, `{}`)
+		inbox := nats.NewInbox()
+		replies, _ := nc.SubscribeSync(inbox)
+		const waiters = 5
+		for i := 0; i < waiters; i++ {
+			nc.PublishRequest("lock.acquire."+key, inbox, []byte(fmt.Sprintf(`{"wait_ms":30000,"owner":"w%d"}`, i)))
+			waitParked(t, svc, i+1)
+		}
+		before := svc.Stats().Handoffs
+		id, token := held["lock_id"].(string), uint64(held["token"].(float64))
+		for i := 0; i < waiters; i++ {
+			got, code, _ := raw(t, nc, "lock.release."+key, fmt.Sprintf(`{"lock_id":%q,"value":%d}`, id, i))
+			if code != 0 || got["released"] != true {
+				t.Fatalf("release %d = %v %d", i, got, code)
+			}
+			m, err := replies.NextMsg(10 * time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var g api.AcquireResponse
+			json.Unmarshal(m.Data, &g)
+			if !g.Acquired || g.Owner != fmt.Sprintf("w%d", i) || string(g.Value) != fmt.Sprint(i) || g.Token <= token {
+				t.Fatalf("grant %d = %s, want w%d with value %d and a token > %d", i, m.Data, i, i, token)
+			}
+			id, token = g.LockID, g.Token
+			ev, err := events.NextMsg(10 * time.Second)
+			if err != nil || ev.Header.Get(api.HandedOffHeader) != "true" {
+				t.Errorf("release event %v %v, want one marked handed off", ev, err)
+			}
+		}
+		if n := svc.Stats().Handoffs - before; n != waiters {
+			t.Errorf("%d hand-offs, want %d", n, waiters)
+		}
+		// The last holder releases with nobody waiting: a plain release.
+		if got, _, _ := raw(t, nc, "lock.release."+key, fmt.Sprintf(`{"lock_id":%q}`, id)); got["released"] != true {
+			t.Errorf("final release = %v", got)
+		}
+		if ev, err := events.NextMsg(10 * time.Second); err != nil || ev.Header.Get(api.HandedOffHeader) != "" {
+			t.Errorf("final release event %v %v, want a plain release", ev, err)
+		}
+	})
+}

@@ -199,11 +199,20 @@ func (s *Service) storeCtx() (context.Context, context.CancelFunc) {
 
 // publishEvent announces the end of a lease on <prefix>.<event>.<key>.
 func (s *Service) publishEvent(event, key string, token uint64) {
-	data, _ := json.Marshal(api.Event{Key: key, Token: token})
+	s.publishEventMsg(event, api.Event{Key: key, Token: token})
+}
+
+func (s *Service) publishEventMsg(event string, ev api.Event) {
+	data, _ := json.Marshal(ev)
+	hdr := nats.Header{api.InstanceHeader: {s.id}, api.ContentTypeHeader: {api.JSONContentType}}
+	if ev.HandedOff {
+		hdr.Set(api.HandedOffHeader, "true")
+	}
+	key := ev.Key
 	err := s.nc.PublishMsg(&nats.Msg{
 		Subject: api.Subject(s.cfg.Prefix, event, key),
 		Data:    data,
-		Header:  nats.Header{api.InstanceHeader: {s.id}, api.ContentTypeHeader: {api.JSONContentType}},
+		Header:  hdr,
 	})
 	if err != nil {
 		s.cfg.Logf("publish %s event for %q: %v", event, key, err)

@@ -142,3 +142,15 @@ type Update struct {
 	// Value is the new state for Set; it must not be nil for Set.
 	Value []byte
 }
+
+// Transferrer is an optional interface of stores that can hand a lock from
+// its holder straight to the next one in a single atomic operation, so a
+// hand-over costs one round trip instead of a release and an acquire. The
+// service uses it when a release finds requests parked for the key.
+type Transferrer interface {
+	// Transfer ends the lease fromID holds on key, applies u to the state
+	// object, and grants key to toID with opts, atomically. The grant has a
+	// new fencing token and carries the state after u. It returns
+	// ErrNotHeld, changing nothing, when fromID does not hold key.
+	Transfer(ctx context.Context, key, fromID string, u Update, toID string, opts AcquireOptions) (Grant, error)
+}

@@ -271,7 +271,13 @@ type CancelRequest struct {
 type Event struct {
 	Key   string `json:"key"`
 	Token uint64 `json:"token,omitempty"`
+	// HandedOff is set on a release whose lock went straight to a request
+	// waiting for it: the key is locked again, so waiters need not wake.
+	HandedOff bool `json:"handed_off,omitempty"`
 }
+
+// HandedOffHeader is set ("true") on release events with HandedOff.
+const HandedOffHeader = "Lockservice-Handed-Off"
 
 // FormatTime renders an instant as the protocol does (RFC 3339, UTC, ms).
 func FormatTime(t time.Time) string {

@@ -732,3 +732,58 @@ func (s *Store) Get(ctx context.Context, key string) (store.Info, error) {
 	}
 	return store.Info{Locked: st.held, Lease: st.lease(), Value: o.v}, nil
 }
+
+var _ store.Transferrer = (*Store)(nil)
+
+// Transfer replaces fromID's lease by a new one for toID with one
+// compare-and-set publish (an atomic batch with the state change when u
+// writes), so the key is never free in between. The new lease's token is
+// its own sequence.
+func (s *Store) Transfer(ctx context.Context, key, fromID string, u store.Update, toID string, opts store.AcquireOptions) (store.Grant, error) {
+	if opts.TTL <= 0 {
+		return store.Grant{}, fmt.Errorf("%w: TTL must be positive", store.ErrInvalid)
+	}
+	if err := s.checkValue(u); err != nil {
+		return store.Grant{}, err
+	}
+	var g store.Grant
+	err := s.casHeld(ctx, key, fromID, func(st lockState) error {
+		rec := record{Holder: holderHash(toID), Owner: opts.Owner, TTLms: opts.TTL.Milliseconds()}
+		lease := s.leaseMsg(key, rec, opts.TTL, st.seq)
+		sent := time.Now()
+		var (
+			ack pubAck
+			err error
+			val []byte
+		)
+		switch u.Op {
+		case store.Keep:
+			// The state cannot change while fromID holds the key, so it is
+			// read in parallel and used only if the transfer succeeds.
+			objc := make(chan objResult, 1)
+			go func() {
+				v, err := s.readObject(ctx, key)
+				objc <- objResult{v, err}
+			}()
+			ack, err = s.publish(ctx, lease)
+			o := <-objc
+			if err == nil && o.err != nil {
+				err = o.err // granted, state unknown: reported as an error below
+			}
+			val = o.v
+		case store.Set:
+			ack, err = s.batch(ctx, s.objectMsg(key, u), lease)
+			val = u.Value
+		case store.Delete:
+			ack, err = s.batch(ctx, s.objectMsg(key, u), lease)
+		}
+		if err != nil {
+			return err
+		}
+		ns := lockState{seq: ack.Sequence, held: true, rec: rec, token: ack.Sequence, stored: sent}
+		s.setHint(key, ns)
+		g = store.Grant{Lease: ns.lease(), Value: val}
+		return nil
+	})
+	return g, err
+}

@@ -109,12 +109,15 @@ var (
 	writeSrc string
 	//go:embed get.lua
 	getSrc string
+	//go:embed transfer.lua
+	transferSrc string
 
-	acquireScript = goredis.NewScript(acquireSrc)
-	refreshScript = goredis.NewScript(refreshSrc)
-	releaseScript = goredis.NewScript(releaseSrc)
-	writeScript   = goredis.NewScript(writeSrc)
-	getScript     = goredis.NewScript(getSrc)
+	acquireScript  = goredis.NewScript(acquireSrc)
+	refreshScript  = goredis.NewScript(refreshSrc)
+	releaseScript  = goredis.NewScript(releaseSrc)
+	writeScript    = goredis.NewScript(writeSrc)
+	getScript      = goredis.NewScript(getSrc)
+	transferScript = goredis.NewScript(transferSrc)
 )
 
 // Store is the Redis store. Create it with New; it is safe for concurrent
@@ -126,7 +129,10 @@ type Store struct {
 	mark     string // acquire.lua ARGV[4]
 }
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store       = (*Store)(nil)
+	_ store.Transferrer = (*Store)(nil)
+)
 
 // New checks that Redis answers PING and loads the scripts. It returns an
 // error wrapping store.ErrUnavailable, naming the address, when Redis cannot
@@ -178,7 +184,7 @@ func New(ctx context.Context, rdb goredis.UniversalClient, cfg Config) (*Store, 
 		}
 		return nil, fmt.Errorf("%w: redis at %s does not answer PING: %w", store.ErrUnavailable, addrOf(rdb), err)
 	}
-	for _, sc := range []*goredis.Script{acquireScript, refreshScript, releaseScript, writeScript, getScript} {
+	for _, sc := range []*goredis.Script{acquireScript, refreshScript, releaseScript, writeScript, getScript, transferScript} {
 		if err := sc.Load(ctx, rdb).Err(); err != nil {
 			if errors.Is(err, context.Canceled) {
 				return nil, err
@@ -574,4 +580,43 @@ func (s *Store) Get(ctx context.Context, key string) (store.Info, error) {
 		return store.Info{}, r.err
 	}
 	return info, nil
+}
+
+// Transfer ends fromID's lease, applies u and grants key to toID, in one
+// script. It returns store.ErrNotHeld, changing nothing, when fromID does
+// not hold key; the other errors are those of Acquire.
+func (s *Store) Transfer(ctx context.Context, key, fromID string, u store.Update, toID string, opts store.AcquireOptions) (store.Grant, error) {
+	if err := checkKey(key); err != nil {
+		return store.Grant{}, err
+	}
+	if opts.TTL <= 0 {
+		return store.Grant{}, fmt.Errorf("%w: TTL must be positive, got %v", store.ErrInvalid, opts.TTL)
+	}
+	op, val, err := s.updateArgs(u)
+	if err != nil {
+		return store.Grant{}, err
+	}
+	lock, fence, obj := s.keys(key)
+	sent := time.Now()
+	raw, err := s.run(ctx, transferScript, statusNonZero, []string{lock, fence, obj},
+		holder(fromID), op, val, s.objTTLms, holder(toID), opts.Owner, millis(opts.TTL))
+	if err != nil {
+		return store.Grant{}, err
+	}
+	r := decode(raw, 1)
+	if r.int(0) == 0 {
+		if r.err != nil {
+			return store.Grant{}, r.err
+		}
+		return store.Grant{}, store.ErrNotHeld
+	}
+	if len(r.a) < 7 {
+		return store.Grant{}, fmt.Errorf("redis: unexpected transfer reply %v", raw)
+	}
+	lease, _ := r.lease(1, sent)
+	v := r.value(5)
+	if r.err != nil {
+		return store.Grant{}, r.err
+	}
+	return store.Grant{Lease: lease, Value: v}, nil
 }

@@ -68,6 +68,7 @@ func Run(t *testing.T, newStore Factory) {
 	t.Run("ObjectExpiry", func(t *testing.T) { testObjectExpiry(t, newStore) })
 	t.Run("Notifications", func(t *testing.T) { testNotify(t, newStore) })
 	t.Run("ConcurrentCounter", func(t *testing.T) { testConcurrentCounter(t, newStore) })
+	t.Run("Transfer", func(t *testing.T) { testTransfer(t, newStore) })
 }
 
 const ttl = 10 * time.Second
@@ -555,3 +556,42 @@ func testConcurrentCounter(t *testing.T, newStore Factory) {
 }
 
 var _ = context.Background
+
+func testTransfer(t *testing.T, newStore Factory) {
+	s := newStore(t, Config{})
+	tr, ok := s.(store.Transferrer)
+	if !ok {
+		t.Skip("store does not implement store.Transferrer")
+	}
+	key := NewKey(t)
+	a, b, c := NewLockID(), NewLockID(), NewLockID()
+	ga := mustAcquire(t, s, key, a, store.AcquireOptions{})
+	if _, err := tr.Transfer(t.Context(), key, NewLockID(), set(`"forged"`), b, store.AcquireOptions{TTL: ttl}); !errors.Is(err, store.ErrNotHeld) {
+		t.Errorf("Transfer from a non-holder = %v, want ErrNotHeld", err)
+	}
+	gb, err := tr.Transfer(t.Context(), key, a, set(`"from a"`), b, store.AcquireOptions{TTL: ttl, Owner: "b"})
+	if err != nil {
+		t.Fatalf("Transfer = %v", err)
+	}
+	if gb.Token <= ga.Token || string(gb.Value) != `"from a"` || gb.Owner != "b" || gb.TTL != ttl {
+		t.Errorf("Transfer grant = %+v value %q, want token > %d, value \"from a\", owner b", gb.Lease, gb.Value, ga.Token)
+	}
+	info := mustGet(t, s, key)
+	if !info.Locked || info.Lease.Token != gb.Token || string(info.Value) != `"from a"` {
+		t.Errorf("Get after transfer = %+v %q", info.Lease, info.Value)
+	}
+	if err := s.Release(t.Context(), key, a, set(`"stale"`)); !errors.Is(err, store.ErrNotHeld) {
+		t.Errorf("Release by the previous holder = %v, want ErrNotHeld", err)
+	}
+	gc, err := tr.Transfer(t.Context(), key, b, store.Update{}, c, store.AcquireOptions{TTL: ttl})
+	if err != nil || gc.Token <= gb.Token || string(gc.Value) != `"from a"` {
+		t.Errorf("Transfer keeping the state = %+v %q, %v", gc.Lease, gc.Value, err)
+	}
+	gd, err := tr.Transfer(t.Context(), key, c, store.Update{Op: store.Delete}, a, store.AcquireOptions{TTL: ttl})
+	if err != nil || gd.Value != nil || gd.Token <= gc.Token {
+		t.Errorf("Transfer deleting the state = %+v %q, %v", gd.Lease, gd.Value, err)
+	}
+	if err := s.Release(t.Context(), key, a, store.Update{}); err != nil {
+		t.Errorf("Release by the new holder = %v", err)
+	}
+}

@@ -1,0 +1,37 @@
+#!lua
+-- transfer: end the lease of ARGV[1], apply an update to the state object
+-- and grant the lock to ARGV[5], in one step.
+--
+-- KEYS[1] lock hash, KEYS[2] fence counter, KEYS[3] state object
+-- ARGV[1] current holder
+-- ARGV[2] 'keep', 'set' or 'delete'
+-- ARGV[3] the new value for 'set'
+-- ARGV[4] object TTL in ms for 'set', '0' for none
+-- ARGV[5] next holder, ARGV[6] its owner label, ARGV[7] its lease in ms
+--
+-- Reply: {0} when ARGV[1] does not hold the lock (nothing changed);
+-- otherwise {1, token, owner, lease ms, pttl ms, has value, value}.
+local lock, fence, obj = KEYS[1], KEYS[2], KEYS[3]
+if redis.call('HGET', lock, 'h') ~= ARGV[1] then
+  return {0}
+end
+if ARGV[2] == 'set' then
+  if ARGV[4] ~= '0' then
+    redis.call('SET', obj, ARGV[3], 'PX', ARGV[4])
+  else
+    redis.call('SET', obj, ARGV[3])
+  end
+elseif ARGV[2] == 'delete' then
+  redis.call('DEL', obj)
+end
+redis.call('INCR', fence)
+local token = redis.call('GET', fence)
+redis.call('DEL', lock)
+redis.call('HSET', lock, 'h', ARGV[5], 'o', ARGV[6], 't', token, 'l', ARGV[7])
+redis.call('PEXPIRE', lock, ARGV[7])
+local pttl = redis.call('PTTL', lock)
+local v = redis.call('GET', obj)
+if v then
+  return {1, token, ARGV[6], ARGV[7], pttl, 1, v}
+end
+return {1, token, ARGV[6], ARGV[7], pttl, 0, ''}
