@@ -184,24 +184,32 @@ func WithOwnerLabel(label string) AcquireOption {
 }
 
 // WithLockID uses id (16-128 chars of [-_a-zA-Z0-9], unguessable) instead
-// of a fresh random one.
+// of a fresh random one. Reuse an id only to retry a request whose answer
+// was lost: once a request was answered "not acquired", the service
+// releases any grant for its id that completes late, so Acquire with a
+// chosen id should not wait longer than one request (10 minutes at most).
 func WithLockID(id string) AcquireOption { return func(r *api.AcquireRequest) { r.LockID = id } }
 
-func (c *Client) acquireRequest(opts []AcquireOption) api.AcquireRequest {
-	req := api.AcquireRequest{Owner: c.owner, LockID: NewLockID()}
+// acquireRequest builds the request; chosen reports a caller-chosen lock id.
+func (c *Client) acquireRequest(opts []AcquireOption) (req api.AcquireRequest, chosen bool) {
+	req = api.AcquireRequest{Owner: c.owner}
 	if c.ttl > 0 {
 		req.TTLms = c.ttl.Milliseconds()
 	}
 	for _, o := range opts {
 		o(&req)
 	}
-	return req
+	if req.LockID != "" {
+		return req, true
+	}
+	req.LockID = NewLockID()
+	return req, false
 }
 
 // TryAcquire takes the lock if it is free, once. It returns an error
 // matching ErrLocked when another holder has it.
 func (c *Client) TryAcquire(ctx context.Context, key string, opts ...AcquireOption) (*Lock, error) {
-	req := c.acquireRequest(opts)
+	req, _ := c.acquireRequest(opts)
 	l, err := c.acquireOnce(ctx, key, req)
 	if err != nil && !errors.Is(err, ErrLocked) && isTimeout(err) {
 		c.giveUp(key, req.LockID)
@@ -227,7 +235,7 @@ func (c *Client) acquireOnce(ctx context.Context, key string, req api.AcquireReq
 // id, which returns the same grant; on giving up, the client withdraws the
 // request so no lock is left orphaned.
 func (c *Client) Acquire(ctx context.Context, key string, opts ...AcquireOption) (*Lock, error) {
-	req := c.acquireRequest(opts)
+	req, chosen := c.acquireRequest(opts)
 	for {
 		wait := c.chunk
 		if dl, ok := ctx.Deadline(); ok {
@@ -249,6 +257,13 @@ func (c *Client) Acquire(ctx context.Context, key string, opts ...AcquireOption)
 					return nil, ctx.Err()
 				}
 				return nil, fmt.Errorf("client: acquire %q: %w", key, ErrTimeout)
+			}
+			// The answered request's lock id is retired: the service gives
+			// back a grant for it that completes after its deadline, so a
+			// new request must not reuse it (it could be handed that grant
+			// just before it is given back).
+			if !chosen {
+				req.LockID = NewLockID()
 			}
 		case isTimeout(err) || errors.Is(err, context.Canceled):
 			if ctx.Err() != nil {

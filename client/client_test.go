@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmihailenco/msgpack/v5"
+
 	"github.com/lockservice/lockservice/client"
 	"github.com/lockservice/lockservice/embedded"
 	"github.com/lockservice/lockservice/service"
@@ -145,5 +147,44 @@ func TestWithLockJSON(t *testing.T) {
 	info, _ := c.Get(t.Context(), "json.k")
 	if string(info.Value) != `{"Names":["a","b"]}` {
 		t.Errorf("state = %s", info.Value)
+	}
+}
+
+// TestAcquireRetiresAnsweredLockIDs: after a "not acquired" answer the
+// next request of the same Acquire carries a new lock id (a late grant for
+// the old one is given back by the service), while lost replies are
+// retried with the same id (covered by the service's lost-reply test).
+func TestAcquireRetiresAnsweredLockIDs(t *testing.T) {
+	srv, c := newServer(t)
+	spy, err := srv.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spy.Close()
+	seen, _ := spy.SubscribeSync("lock.acquire.retire.k")
+	spy.Flush()
+	holder, err := c.TryAcquire(t.Context(), "retire.k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, _ := client.New(spy)
+	ctx, cancel := context.WithTimeout(t.Context(), 600*time.Millisecond)
+	defer cancel()
+	_, _ = c2.Acquire(ctx, "retire.k") // several rounds: the wait is chunked below
+	_ = holder
+	ids := map[string]bool{}
+	for {
+		m, err := seen.NextMsg(100 * time.Millisecond)
+		if err != nil {
+			break
+		}
+		var req struct {
+			LockID string `msgpack:"lock_id"`
+		}
+		msgpack.Unmarshal(m.Data, &req)
+		if ids[req.LockID] && req.LockID != "" {
+			t.Errorf("lock id %s sent again after a not-acquired answer", req.LockID)
+		}
+		ids[req.LockID] = true
 	}
 }
