@@ -1,0 +1,261 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/lockservice/lockservice/embedded"
+	"github.com/lockservice/lockservice/service"
+	"github.com/lockservice/lockservice/service/api"
+	jsstore "github.com/lockservice/lockservice/store/jetstream"
+	redisstore "github.com/lockservice/lockservice/store/redis"
+)
+
+// env is what the scenarios run against.
+type env struct {
+	srv      *embedded.Server // nats-server + lockservice on JetStream (prefix "lock")
+	jsSvc    *service.Service // the measured JetStream instance
+	jsPrefix string
+	jsNC     *nats.Conn       // with -service-conn tcp: the JetStream service's connection
+	jsStore  *jsstore.Store   // with -service-conn tcp
+	redisSvc *service.Service // lockservice on Redis (prefix "lockr")
+	redisNC  *nats.Conn       // the Redis service's connection
+	storeRDB *goredis.Client  // the Redis store's client
+	redis    *redisProc       // nil with -redis-url
+	redisOpt *goredis.Options // for peer clients
+	tempDir  string
+}
+
+const redisPrefix = "lockr"
+
+func setup(ctx context.Context, cfg *config, logf func(string, ...any)) (_ *env, err error) {
+	e := &env{}
+	defer func() {
+		if err != nil {
+			e.close()
+		}
+	}()
+	if e.tempDir, err = os.MkdirTemp("", "lockbench-"); err != nil {
+		return nil, err
+	}
+	dataDir := cfg.dataDir
+	if dataDir == "" {
+		dataDir = filepath.Join(e.tempDir, "jetstream")
+	}
+	if e.srv, err = embedded.Start(embedded.WithDataDir(dataDir)); err != nil {
+		return nil, fmt.Errorf("embedded lockservice: %w", err)
+	}
+	logf("embedded nats-server + lockservice (JetStream) at %s", e.srv.URL)
+	e.jsSvc, e.jsPrefix = e.srv.Service(), api.DefaultPrefix
+	// serviceConn connects a service instance: in-process (net.Pipe), as
+	// embedded.Start and cmd/lockservice without --nats-url do, or over
+	// TCP loopback, as cmd/lockservice --nats-url does.
+	serviceConn := func(name string) (*nats.Conn, error) {
+		if cfg.serviceConn == "tcp" {
+			return e.natsConn(name)
+		}
+		return e.srv.Connect(nats.Name(name))
+	}
+	if cfg.serviceConn == "tcp" {
+		// The embedded instance stays idle; a second JetStream instance on
+		// its own bucket serves the benchmark over TCP.
+		if e.jsNC, err = serviceConn("lockbench-js-service"); err != nil {
+			return nil, err
+		}
+		jctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		e.jsStore, err = jsstore.New(jctx, e.jsNC, jsstore.Config{Bucket: "lockbench"})
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		e.jsPrefix = "lockj"
+		if e.jsSvc, err = service.New(e.jsNC, e.jsStore, service.Config{Prefix: e.jsPrefix}); err != nil {
+			e.jsSvc = nil
+			return nil, err
+		}
+	}
+
+	redisURL := cfg.redisURL
+	if redisURL == "" {
+		if e.redis, err = startRedis(ctx, filepath.Join(e.tempDir, "redis")); err != nil {
+			return nil, err
+		}
+		redisURL = "redis://" + e.redis.addr + "/0"
+		logf("redis-server pid %d at %s", e.redis.cmd.Process.Pid, e.redis.addr)
+	}
+	if e.redisOpt, err = goredis.ParseURL(redisURL); err != nil {
+		return nil, fmt.Errorf("-redis-url %q: %w", redisURL, err)
+	}
+	// The store's client as cmd/lockservice makes it: go-redis defaults,
+	// retries off.
+	so := *e.redisOpt
+	so.MaxRetries = -1
+	e.storeRDB = goredis.NewClient(&so)
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := redisstore.New(sctx, e.storeRDB, redisstore.Config{Namespace: "lockbench"})
+	if err != nil {
+		return nil, err
+	}
+	if e.redisNC, err = serviceConn("lockbench-redis-service"); err != nil {
+		return nil, err
+	}
+	if e.redisSvc, err = service.New(e.redisNC, st, service.Config{Prefix: redisPrefix, Metadata: map[string]string{"store": "redis"}}); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *env) close() {
+	if e.jsNC != nil {
+		if e.jsSvc != nil {
+			e.jsSvc.Stop()
+		}
+		if e.jsStore != nil {
+			e.jsStore.Close()
+		}
+		e.jsNC.Close()
+	}
+	if e.redisSvc != nil {
+		e.redisSvc.Stop()
+	}
+	if e.redisNC != nil {
+		e.redisNC.Close()
+	}
+	if e.storeRDB != nil {
+		e.storeRDB.Close()
+	}
+	if e.srv != nil {
+		e.srv.Close()
+	}
+	if e.redis != nil {
+		e.redis.kill()
+	}
+	if e.tempDir != "" {
+		os.RemoveAll(e.tempDir)
+	}
+}
+
+// natsConn opens a client connection over TCP loopback, as a client process
+// would have.
+func (e *env) natsConn(name string) (*nats.Conn, error) {
+	return nats.Connect(e.srv.URL, nats.Name(name), nats.MaxReconnects(-1))
+}
+
+// peerRedis returns a go-redis client with the library defaults, for one
+// simulated peer client.
+func (e *env) peerRedis() *goredis.Client {
+	o := *e.redisOpt
+	return goredis.NewClient(&o)
+}
+
+// redisProc is a redis-server process started by lockbench.
+type redisProc struct {
+	addr string
+	cmd  *exec.Cmd
+	done chan struct{}
+	log  string // path of its log file
+}
+
+// startRedis runs redis-server without persistence on a free loopback port
+// and waits until it answers PING.
+func startRedis(ctx context.Context, dir string) (*redisProc, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, errors.New("redis-server not found in PATH: install it (apt-get install -y redis-server) or pass -redis-url")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		p := &redisProc{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), done: make(chan struct{}),
+			log: filepath.Join(dir, "redis.log")}
+		logf, err := os.Create(p.log)
+		if err != nil {
+			return nil, err
+		}
+		p.cmd = exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+			"--save", "", "--appendonly", "no", "--dir", dir)
+		p.cmd.Stdout, p.cmd.Stderr = logf, logf
+		err = p.cmd.Start()
+		logf.Close() // the child has its own descriptor
+		if err != nil {
+			return nil, fmt.Errorf("redis-server: %w", err)
+		}
+		go func() { _ = p.cmd.Wait(); close(p.done) }()
+		if lastErr = p.waitReady(ctx); lastErr == nil {
+			return p, nil
+		}
+		p.kill()
+		if !strings.Contains(p.logTail(), "in use") {
+			break
+		}
+	}
+	return nil, fmt.Errorf("redis-server: %w", lastErr)
+}
+
+func (p *redisProc) waitReady(ctx context.Context) error {
+	c := goredis.NewClient(&goredis.Options{Addr: p.addr, MaxRetries: -1, DialTimeout: time.Second})
+	defer c.Close()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		select {
+		case <-p.done:
+			return fmt.Errorf("exited before answering PING: %s", p.logTail())
+		default:
+		}
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := c.Ping(pctx).Err()
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no answer to PING within 15s: %w", err)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a new process: nothing to wait on
+	}
+}
+
+func (p *redisProc) logTail() string {
+	b, _ := os.ReadFile(p.log)
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(bytes.TrimSpace(b))
+}
+
+func (p *redisProc) kill() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
