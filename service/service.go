@@ -114,6 +114,7 @@ type Service struct {
 	abort context.CancelFunc
 
 	inflight chan struct{}
+	jobs     chan func() // unbuffered: idle workers receive here
 	ops      sync.WaitGroup
 	stopping atomic.Bool
 	stopOnce sync.Once
@@ -145,6 +146,7 @@ func New(nc *nats.Conn, st store.Store, cfg Config) (*Service, error) {
 	s := &Service{
 		nc: nc, st: st, cfg: cfg, ctx: ctx, abort: abort,
 		inflight: make(chan struct{}, cfg.MaxInflight),
+		jobs:     make(chan func()),
 		keys:     make(map[string]*keyState),
 		ids:      make(map[string]*waiter),
 	}

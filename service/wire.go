@@ -68,12 +68,44 @@ func (s *Service) handler(op string, h func(*request)) micro.Handler {
 			data:     r.Data(),
 			received: time.Now(),
 		}
-		go func() {
+		s.dispatch(func() {
 			defer s.ops.Done()
 			defer func() { <-s.inflight }()
 			h(req)
-		}()
+		})
 	})
+}
+
+// workerIdle is how long an idle worker waits for the next request.
+const workerIdle = 10 * time.Second
+
+// dispatch runs job on an idle worker, or on a new one. Workers live on
+// after their job, so their stacks, grown by decoding and the store
+// client, are reused instead of grown again for every request. Their
+// number is bounded by the in-flight limit.
+func (s *Service) dispatch(job func()) {
+	select {
+	case s.jobs <- job:
+	default:
+		go s.worker(job)
+	}
+}
+
+func (s *Service) worker(job func()) {
+	job()
+	t := time.NewTimer(workerIdle)
+	defer t.Stop()
+	for {
+		select {
+		case job := <-s.jobs:
+			job()
+			t.Reset(workerIdle)
+		case <-t.C:
+			return
+		case <-s.ctx.Done():
+			return
+		}
+	}
 }
 
 // decode reads the payload into v: msgpack or JSON, unknown fields rejected.
