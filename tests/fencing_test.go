@@ -143,7 +143,9 @@ func TestRedisFailover(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), *faultDuration)
 			defer cancel()
 			var fault string
+			faultDone := make(chan struct{})
 			go func() {
+				defer close(faultDone)
 				sleepCtx(ctx, *faultDuration/3)
 				if ctx.Err() != nil {
 					return
@@ -160,6 +162,7 @@ func TestRedisFailover(t *testing.T) {
 			}()
 			w := workload{natsURL: "nats://" + d.clientProxy.Addr(), clients: 6, keys: 3, ttl: 20 * time.Second, opBudget: 6 * time.Second}
 			h := w.run(t, ctx)
+			<-faultDone
 			summary, violation := h.verify(t, fmt.Sprintf("redis-failover-%d", replicas))
 			if violation != "" {
 				summary += "; OBSERVED: " + violation
