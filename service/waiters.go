@@ -196,6 +196,7 @@ func (s *Service) startAcquire(w *waiter) {
 		}
 		w.done = true
 		s.rememberGrantLocked(w, time.Now())
+		s.armForGrantLocked(w.key, ks, g)
 		s.dropIfIdle(w.key, ks)
 		s.mu.Unlock()
 		s.stats.grants.Add(1)
@@ -349,6 +350,16 @@ func (s *Service) armExpiryLocked(key string, ks *keyState, le *store.LockedErro
 	ks.expiry = time.AfterFunc(le.ExpiresIn+2*time.Millisecond, func() { s.wake(key, true) })
 }
 
+// armForGrantLocked sets the expiry wake-up for a lease this instance just
+// granted, so the requests still parked behind it are woken if its holder
+// never releases (stores without Notifier).
+func (s *Service) armForGrantLocked(key string, ks *keyState, g store.Grant) {
+	if ks.acquirers.Len() == 0 && ks.watchers.Len() == 0 {
+		return
+	}
+	s.armExpiryLocked(key, ks, &store.LockedError{Key: key, Lease: g.Lease, ExpiresIn: time.Until(g.ExpiresAt)})
+}
+
 // wake runs the key's driver if anything is parked on it.
 func (s *Service) wake(key string, expiryTimer bool) {
 	s.mu.Lock()
@@ -421,6 +432,7 @@ func (s *Service) drive(key string, ks *keyState) {
 				s.stats.grants.Add(1)
 				answers = append(answers, answer{r: head.r, resp: s.grantResponse(head, g)})
 				answers = s.takeWatchersLocked(ks, answers, g.Value)
+				s.armForGrantLocked(key, ks, g)
 				if expiring != 0 && expiring != g.Token {
 					expiredToken = expiring
 				}
@@ -603,6 +615,7 @@ func (s *Service) handOff(ctx context.Context, key, fromID string, u store.Updat
 		s.stats.handoffs.Add(1)
 		answers = append(answers, answer{r: head.r, resp: s.grantResponse(head, g)})
 		answers = s.takeWatchersLocked(ks, answers, g.Value)
+		s.armForGrantLocked(key, ks, g)
 	}
 	ks.running = false
 	if ks.dirty && !abandoned {

@@ -503,3 +503,33 @@ func TestHandOff(t *testing.T) {
 		}
 	})
 }
+
+// TestGrantedHolderDies: requests parked behind a holder that this
+// instance granted (here by hand-over) are woken when that holder's lease
+// ends without a release.
+func TestGrantedHolderDies(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		srv, svcs := deployment(t, b, 1, service.Config{})
+		nc := testsrv.Connect(t, srv)
+		key := "dies." + client.NewLockID()
+		held, _, _ := raw(t, nc, "lock.acquire."+key, `{}`)
+		inbox := nats.NewInbox()
+		replies, _ := nc.SubscribeSync(inbox)
+		nc.PublishRequest("lock.acquire."+key, inbox, []byte(`{"wait_ms":30000,"ttl_ms":1000,"owner":"dies"}`))
+		waitParked(t, svcs[0], 1)
+		nc.PublishRequest("lock.acquire."+key, inbox, []byte(`{"wait_ms":20000,"owner":"next"}`))
+		waitParked(t, svcs[0], 2)
+		raw(t, nc, "lock.release."+key, fmt.Sprintf(`{"lock_id":%q}`, held["lock_id"]))
+		for _, want := range []string{"dies", "next"} {
+			m, err := replies.NextMsg(25 * time.Second)
+			if err != nil {
+				t.Fatalf("waiting for the grant to %s: %v", want, err)
+			}
+			var g api.AcquireResponse
+			json.Unmarshal(m.Data, &g)
+			if !g.Acquired || g.Owner != want {
+				t.Fatalf("answer %s, want a grant to %s", m.Data, want)
+			}
+		}
+	})
+}
