@@ -188,9 +188,14 @@ func (s *Service) startAcquire(w *waiter) {
 		}
 		if w.done || time.Now().After(w.deadline.Add(s.graceFor(w))) {
 			// Cancelled, or too late for the caller: give the lock back.
+			answered := w.done
+			w.done = true
 			s.forgetIDLocked(w)
 			s.dropIfIdle(w.key, ks)
 			s.mu.Unlock()
+			if !answered {
+				s.respond(w.r, notAcquired(w, nil))
+			}
 			s.giveBack(w)
 			return
 		}
