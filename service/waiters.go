@@ -182,8 +182,15 @@ func (s *Service) startAcquire(w *waiter) {
 	switch {
 	case err == nil:
 		if w.superseded {
+			answers, back := s.adoptLocked(w, ks, g)
 			s.dropIfIdle(w.key, ks)
 			s.mu.Unlock()
+			for _, a := range answers {
+				s.respond(a.r, a.resp)
+			}
+			if back {
+				s.giveBack(w)
+			}
 			return
 		}
 		if w.done || time.Now().After(w.deadline.Add(s.graceFor(w))) {
@@ -278,7 +285,7 @@ func (s *Service) startWait(w *waiter) {
 		s.mu.Unlock()
 		s.respond(w.r, api.WaitResponse{Key: w.key, Value: info.Value})
 	case err == nil && w.blocking:
-		s.armExpiryLocked(w.key, ks, &store.LockedError{Key: w.key, Lease: info.Lease, ExpiresIn: time.Until(info.Lease.ExpiresAt)})
+		s.armExpiryLocked(w.key, ks, &store.LockedError{Key: w.key, Lease: info.Lease, ExpiresIn: remaining(info.Lease)})
 		ok := s.parkLocked(ks, w)
 		if ks.epoch != epoch {
 			s.wakeLocked(w.key, ks)
@@ -346,13 +353,38 @@ func (s *Service) expireWaiter(w *waiter) {
 // stores that cannot report expiries themselves.
 func (s *Service) armExpiryLocked(key string, ks *keyState, le *store.LockedError) {
 	if _, ok := s.st.(store.Notifier); ok || le.ExpiresIn <= 0 {
-		return
+		return // 0: the store does not know; it reports expiry otherwise
 	}
+	in := le.ExpiresIn
 	if ks.expiry != nil {
 		ks.expiry.Stop()
 	}
 	ks.expiring = le.Lease.Token
-	ks.expiry = time.AfterFunc(le.ExpiresIn+2*time.Millisecond, func() { s.wake(key, true) })
+	ks.expiry = time.AfterFunc(in+2*time.Millisecond, func() { s.wake(key, true) })
+}
+
+// adoptLocked decides what becomes of a grant made for a request that a
+// retry with the same lock id superseded. The grant belongs to the lock id:
+// a retry parked here receives it now; a retry still making its first
+// attempt gets it from the store itself (acquire is idempotent) or was
+// already answered with it; if no live request has the id any more, the
+// grant is given back (giveBack true).
+func (s *Service) adoptLocked(w *waiter, ks *keyState, g store.Grant) (answers []answer, giveBack bool) {
+	cur := s.ids[w.lockID]
+	switch {
+	case cur == nil || cur == w || (cur.done && !cur.granted) || cur.key != w.key:
+		return nil, true
+	case cur.done: // granted: the client holds it
+		return nil, false
+	case cur.elem != nil: // parked: hand it over now
+		s.unparkLocked(cur)
+		s.rememberGrantLocked(cur, time.Now())
+		s.stats.grants.Add(1)
+		s.armForGrantLocked(cur.key, ks, g)
+		return []answer{{r: cur.r, resp: s.grantResponse(cur, g)}}, false
+	default: // first attempt in flight: the store returns it the same grant
+		return nil, false
+	}
 }
 
 // armForGrantLocked sets the expiry wake-up for a lease this instance just
@@ -362,7 +394,17 @@ func (s *Service) armForGrantLocked(key string, ks *keyState, g store.Grant) {
 	if ks.acquirers.Len() == 0 && ks.watchers.Len() == 0 {
 		return
 	}
-	s.armExpiryLocked(key, ks, &store.LockedError{Key: key, Lease: g.Lease, ExpiresIn: time.Until(g.ExpiresAt)})
+	s.armExpiryLocked(key, ks, &store.LockedError{Key: key, Lease: g.Lease, ExpiresIn: remaining(g.Lease)})
+}
+
+// remaining is how long until l ends, at least 1ms (a lease reported as
+// over still needs a wake-up: the store will have expired it by then), or
+// 0 when the store gave no expiry.
+func remaining(l store.Lease) time.Duration {
+	if l.ExpiresAt.IsZero() {
+		return 0
+	}
+	return max(time.Until(l.ExpiresAt), time.Millisecond)
 }
 
 // wake runs the key's driver if anything is parked on it.
@@ -424,6 +466,11 @@ func (s *Service) drive(key string, ks *keyState) {
 			s.mu.Lock()
 			switch {
 			case err == nil && head.superseded:
+				var back bool
+				answers, back = s.adoptLocked(head, ks, g)
+				if back {
+					abandoned = head
+				}
 			case err == nil && (head.done || time.Now().After(head.deadline)):
 				abandoned = head
 				if !head.done {
@@ -452,6 +499,11 @@ func (s *Service) drive(key string, ks *keyState) {
 					s.forgetIDLocked(head)
 					answers = append(answers, answer{r: head.r, code: CodeFor(err), msg: "acquire " + key + ": store unavailable: " + err.Error()})
 				}
+				// The key may be free: let the next request try rather
+				// than wait for a wake-up that may never come.
+				if ks.acquirers.Len() > 0 {
+					ks.dirty = true
+				}
 			}
 		case watching:
 			info, err := s.st.Get(ctx, key)
@@ -466,7 +518,7 @@ func (s *Service) drive(key string, ks *keyState) {
 				if expiring != 0 && info.Lease.Token != expiring {
 					expiredToken = expiring
 				}
-				s.armExpiryLocked(key, ks, &store.LockedError{Key: key, Lease: info.Lease, ExpiresIn: time.Until(info.Lease.ExpiresAt)})
+				s.armExpiryLocked(key, ks, &store.LockedError{Key: key, Lease: info.Lease, ExpiresIn: remaining(info.Lease)})
 			default:
 				for e := ks.watchers.Front(); e != nil; e = ks.watchers.Front() {
 					w := e.Value.(*waiter)
@@ -478,7 +530,7 @@ func (s *Service) drive(key string, ks *keyState) {
 			s.mu.Lock()
 		}
 		cancel()
-		if expiredToken != 0 {
+		if expiredToken != 0 && ks.expiring == expiredToken {
 			ks.expiring = 0
 		}
 		if abandoned != nil {
@@ -493,9 +545,11 @@ func (s *Service) drive(key string, ks *keyState) {
 
 		if abandoned != nil {
 			ctx, cancel := s.storeCtx()
-			_ = s.st.Release(ctx, key, abandoned.lockID, store.Update{})
+			err := s.st.Release(ctx, key, abandoned.lockID, store.Update{})
 			cancel()
-			s.publishEvent(api.EventReleased, key, 0)
+			if err == nil {
+				s.publishEvent(api.EventReleased, key, 0)
+			}
 		}
 		if expiredToken != 0 {
 			s.stats.expiredEvents.Add(1)
@@ -605,7 +659,13 @@ func (s *Service) handOff(ctx context.Context, key, fromID string, u store.Updat
 	abandoned := false
 	s.mu.Lock()
 	switch {
-	case err != nil, head.superseded:
+	case errors.Is(err, store.ErrNotHeld):
+	case err != nil:
+		// Unknown outcome: the head may hold the lock now. Let the driver
+		// ask the store again for it (acquire is idempotent per lock id).
+		ks.dirty = true
+	case head.superseded:
+		answers, abandoned = s.adoptLocked(head, ks, g)
 	case head.done || time.Now().After(head.deadline):
 		abandoned = true
 		if !head.done {

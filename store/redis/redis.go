@@ -465,7 +465,8 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 		return store.Grant{}, r.err
 	}
 	if status == 0 {
-		return store.Grant{}, &store.LockedError{Key: key, Lease: lease, ExpiresIn: left}
+		// At least 1ms: 0 would mean "unknown" to the service.
+		return store.Grant{}, &store.LockedError{Key: key, Lease: lease, ExpiresIn: max(left, time.Millisecond)}
 	}
 	if len(r.a) < 7 {
 		return store.Grant{}, fmt.Errorf("redis: unexpected acquire reply %v", raw)
