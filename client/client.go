@@ -210,15 +210,16 @@ func (c *Client) acquireRequest(opts []AcquireOption) (req api.AcquireRequest, c
 // matching ErrLocked when another holder has it.
 func (c *Client) TryAcquire(ctx context.Context, key string, opts ...AcquireOption) (*Lock, error) {
 	req, _ := c.acquireRequest(opts)
-	l, err := c.acquireOnce(ctx, key, req)
+	l, err := c.acquireOnce(ctx, key, req, time.Now())
 	if err != nil && !errors.Is(err, ErrLocked) && isTimeout(err) {
 		c.giveUp(key, req.LockID)
 	}
 	return l, err
 }
 
-func (c *Client) acquireOnce(ctx context.Context, key string, req api.AcquireRequest) (*Lock, error) {
-	sent := time.Now()
+// acquireOnce sends one acquire. firstSent is when the first request with
+// this lock id was sent: a grant returned to a retry started then.
+func (c *Client) acquireOnce(ctx context.Context, key string, req api.AcquireRequest, firstSent time.Time) (*Lock, error) {
 	var resp api.AcquireResponse
 	if err := c.call(ctx, api.OpAcquire, key, req, &resp); err != nil {
 		return nil, err
@@ -226,7 +227,7 @@ func (c *Client) acquireOnce(ctx context.Context, key string, req api.AcquireReq
 	if !resp.Acquired {
 		return nil, fmt.Errorf("%w: %q by %q (token %d)", ErrLocked, key, resp.Owner, resp.Token)
 	}
-	return c.newLock(key, sent, resp), nil
+	return c.newLock(key, firstSent, resp), nil
 }
 
 // Acquire takes the lock, waiting until it is free or ctx ends (then it
@@ -236,18 +237,35 @@ func (c *Client) acquireOnce(ctx context.Context, key string, req api.AcquireReq
 // request so no lock is left orphaned.
 func (c *Client) Acquire(ctx context.Context, key string, opts ...AcquireOption) (*Lock, error) {
 	req, chosen := c.acquireRequest(opts)
+	firstSent := time.Now()
+	lost := false // the last request's answer was lost
 	for {
 		wait := c.chunk
 		if dl, ok := ctx.Deadline(); ok {
 			wait = min(wait, time.Until(dl)-20*time.Millisecond)
 		}
-		if wait < time.Millisecond {
+		if wait < time.Millisecond || lost {
+			// After a lost answer, ask once without waiting: a blocking
+			// retry would queue behind other waiters for a lock this id may
+			// already hold.
 			wait = 0
 		}
 		req.WaitMs = wait.Milliseconds()
 		rctx, cancel := context.WithTimeout(ctx, wait+c.timeout)
-		l, err := c.acquireOnce(rctx, key, req)
+		l, err := c.acquireOnce(rctx, key, req, firstSent)
 		cancel()
+		if lost && errors.Is(err, ErrLocked) && ctx.Err() == nil {
+			// Not granted (yet): withdraw the lost request wherever it is
+			// parked, and go on waiting under a new lock id.
+			lost = false
+			c.giveUp(key, req.LockID)
+			if !chosen {
+				req.LockID = NewLockID()
+				firstSent = time.Now()
+			}
+			continue
+		}
+		lost = false
 		switch {
 		case err == nil:
 			return l, nil
@@ -264,6 +282,7 @@ func (c *Client) Acquire(ctx context.Context, key string, opts ...AcquireOption)
 			// just before it is given back).
 			if !chosen {
 				req.LockID = NewLockID()
+				firstSent = time.Now()
 			}
 		case isTimeout(err) || errors.Is(err, context.Canceled):
 			if ctx.Err() != nil {
@@ -275,6 +294,7 @@ func (c *Client) Acquire(ctx context.Context, key string, opts ...AcquireOption)
 			}
 			// The reply was lost: ask again with the same lock id, which
 			// returns the grant if one was made.
+			lost = true
 		default:
 			return nil, err
 		}

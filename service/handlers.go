@@ -60,7 +60,7 @@ func notAcquired(w *waiter, le *store.LockedError) api.AcquireResponse {
 	return resp
 }
 
-// lockIDRequest decodes the lock_id of release-like requests.
+// lockIDOf checks the lock_id of release-like requests.
 func (s *Service) lockIDOf(r *request, op, id string) bool {
 	if id == "" {
 		s.fail(r, api.CodeBadRequest, "%s %q: lock_id is required", op, r.key)

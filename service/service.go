@@ -130,6 +130,9 @@ type Service struct {
 
 type stats struct {
 	grants, handoffs, waitTimeouts, overloaded, expiredEvents, storeErrors atomic.Int64
+	// errors answered by code (micro's own num_errors counts only the
+	// errors sent from the handler itself)
+	err400, err408, err409, err500, err503 atomic.Int64
 }
 
 // New registers the micro service "lockservice" on nc with an endpoint per
@@ -259,6 +262,10 @@ func (s *Service) statsData(e *micro.Endpoint) any {
 		"overloaded":     s.stats.overloaded.Load(),
 		"store_errors":   s.stats.storeErrors.Load(),
 		"expired_events": s.stats.expiredEvents.Load(),
+		"errors": map[string]int64{
+			"400": s.stats.err400.Load(), "408": s.stats.err408.Load(), "409": s.stats.err409.Load(),
+			"500": s.stats.err500.Load(), "503": s.stats.err503.Load(),
+		},
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -497,7 +498,7 @@ func (s *Service) drive(key string, ks *keyState) {
 				if !head.done {
 					s.unparkLocked(head)
 					s.forgetIDLocked(head)
-					answers = append(answers, answer{r: head.r, code: CodeFor(err), msg: "acquire " + key + ": store unavailable: " + err.Error()})
+					answers = append(answers, answer{r: head.r, code: CodeFor(err), msg: fmt.Sprintf("acquire %q: store error: %v", key, err)})
 				}
 				// The key may be free: let the next request try rather
 				// than wait for a wake-up that may never come.
@@ -523,7 +524,7 @@ func (s *Service) drive(key string, ks *keyState) {
 				for e := ks.watchers.Front(); e != nil; e = ks.watchers.Front() {
 					w := e.Value.(*waiter)
 					s.unparkLocked(w)
-					answers = append(answers, answer{r: w.r, code: CodeFor(err), msg: "wait " + key + ": store unavailable: " + err.Error()})
+					answers = append(answers, answer{r: w.r, code: CodeFor(err), msg: fmt.Sprintf("wait %q: store error: %v", key, err)})
 				}
 			}
 		default:

@@ -347,7 +347,11 @@ func TestDiscovery(t *testing.T) {
 	if info.Metadata["store"] != "jetstream" || info.Version != service.Version {
 		t.Errorf("info metadata %v version %s", info.Metadata, info.Version)
 	}
-	// Stats carry the service's own counters.
+	// Stats carry the service's own counters, errors by code included.
+	for _, svc := range svcs {
+		_ = svc
+		raw(t, nc, "lock.acquire.stats.k", `{"ttl_ms":-1}`)
+	}
 	m, err = nc.Request("$SRV.STATS.lockservice."+svcs[0].ID(), nil, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -359,6 +363,10 @@ func TestDiscovery(t *testing.T) {
 	var data map[string]any
 	if err := json.Unmarshal(stats.Endpoints[0].Data, &data); err != nil || data["parked_waiters"] == nil {
 		t.Errorf("stats data = %s, want parked_waiters", stats.Endpoints[0].Data)
+	}
+	errs, _ := data["errors"].(map[string]any)
+	if errs == nil || errs["400"] == nil {
+		t.Errorf("stats data = %s, want errors by code", stats.Endpoints[0].Data)
 	}
 }
 

@@ -158,6 +158,18 @@ func (s *Service) respond(r *request, v any) {
 
 // fail sends a micro error (Nats-Service-Error-Code / Nats-Service-Error).
 func (s *Service) fail(r *request, code int, format string, args ...any) {
+	switch code {
+	case api.CodeBadRequest:
+		s.stats.err400.Add(1)
+	case api.CodeTimeout:
+		s.stats.err408.Add(1)
+	case api.CodeConflict:
+		s.stats.err409.Add(1)
+	case api.CodeUnavailable:
+		s.stats.err503.Add(1)
+	default:
+		s.stats.err500.Add(1)
+	}
 	if r.reply == "" {
 		return
 	}
