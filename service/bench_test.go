@@ -3,6 +3,7 @@ package service_test
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 
 	"github.com/lockservice/lockservice/client"
@@ -45,9 +46,9 @@ func BenchmarkParallelKeys(b *testing.B) {
 				clients[i] = newClient(b, srv)
 			}
 			b.SetParallelism(32) // 32 x GOMAXPROCS(2) = 64 goroutines
-			var n int64
+			var n atomic.Int64
 			b.RunParallel(func(pb *testing.PB) {
-				i := int(atomicAdd(&n))
+				i := int(n.Add(1))
 				c := clients[i%len(clients)]
 				key := fmt.Sprintf("bench.par.%d.%s", i, storetest.NewLockID())
 				ctx := context.Background()
@@ -65,16 +66,6 @@ func BenchmarkParallelKeys(b *testing.B) {
 			})
 		})
 	}
-}
-
-var benchMu = make(chan struct{}, 1)
-
-func atomicAdd(n *int64) int64 {
-	benchMu <- struct{}{}
-	*n++
-	v := *n
-	<-benchMu
-	return v
 }
 
 func BenchmarkGet(b *testing.B) {

@@ -26,7 +26,7 @@ import (
 // deadline.
 func TestCrossInstanceWakeup(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		srv, urls := testsrv.NATSUsers(t, map[string][]string{"a": {"lock.acquire.>"}, "b": {"lock.release.>"}})
+		_, urls := testsrv.NATSUsers(t, map[string][]string{"a": {"lock.acquire.>"}, "b": {"lock.release.>"}})
 		quiet := nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {})
 		newInstance := func(user string) *service.Service {
 			nc := testsrv.ConnectURL(t, urls[user], quiet)
@@ -38,15 +38,10 @@ func TestCrossInstanceWakeup(t *testing.T) {
 			return svc
 		}
 		a, bi := newInstance("a"), newInstance("b")
-		newC := func() *client.Client {
-			c, err := client.New(testsrv.ConnectURL(t, urls["full"]))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return c
+		ca, err := client.New(testsrv.ConnectURL(t, urls["full"]))
+		if err != nil {
+			t.Fatal(err)
 		}
-		_ = srv
-		ca, cb := newC(), newC()
 		key := "cross." + client.NewLockID()
 
 		l, err := ca.Acquire(t.Context(), key, client.WithTTL(5*time.Minute))
@@ -68,7 +63,6 @@ func TestCrossInstanceWakeup(t *testing.T) {
 		if parked(t, a) != 0 {
 			t.Fatalf("waiter parked on A, want B")
 		}
-		_ = cb
 		if err := l.ReleaseWith(t.Context(), []byte(`"from A"`)); err != nil {
 			t.Fatal(err)
 		}
@@ -348,8 +342,7 @@ func TestDiscovery(t *testing.T) {
 		t.Errorf("info metadata %v version %s", info.Metadata, info.Version)
 	}
 	// Stats carry the service's own counters, errors by code included.
-	for _, svc := range svcs {
-		_ = svc
+	for range svcs {
 		raw(t, nc, "lock.acquire.stats.k", `{"ttl_ms":-1}`)
 	}
 	m, err = nc.Request("$SRV.STATS.lockservice."+svcs[0].ID(), nil, 5*time.Second)

@@ -137,8 +137,7 @@ func TestRedisFailover(t *testing.T) {
 		t.Run(fmt.Sprintf("wait-replicas-%d", replicas), func(t *testing.T) {
 			needBinaries(t)
 			d := newDeploy(t, "redis", 1, 3, "--redis-replicas", itoa(replicas))
-			replica, replicaAddr := startRedis(t, "--replicaof", strings.Replace(d.redisAddr, ":", " ", 1))
-			_ = replica
+			_, replicaAddr := startRedis(t, "--replicaof", strings.Replace(d.redisAddr, ":", " ", 1))
 			waitReplicaSynced(t, d.redisAddr)
 			ctx, cancel := context.WithTimeout(t.Context(), *faultDuration)
 			defer cancel()

@@ -9,7 +9,6 @@ package storetest
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -554,8 +553,6 @@ func testConcurrentCounter(t *testing.T, newStore Factory) {
 		t.Errorf("counter = %s after %d locked increments, want %d", got, successes, successes)
 	}
 }
-
-var _ = context.Background
 
 func testTransfer(t *testing.T, newStore Factory) {
 	s := newStore(t, Config{})
