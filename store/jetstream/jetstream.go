@@ -81,7 +81,7 @@ type Store struct {
 	consumer natsjs.ConsumeContext
 
 	mu     sync.Mutex
-	hints  map[string]hint
+	hints  map[string]lockState // last state seen per key: a hint only
 	notify func(store.Event)
 }
 
@@ -143,7 +143,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 		lockPfx: "$KV." + cfg.Bucket + ".l.",
 		objPfx:  "$KV." + cfg.Bucket + ".o.",
 		markTTL: ttlHeader(cfg.MarkerTTL),
-		hints:   make(map[string]hint),
+		hints:   make(map[string]lockState),
 	}
 	if cfg.ObjectTTL > 0 {
 		s.objTTL = ttlHeader(cfg.ObjectTTL)
@@ -216,10 +216,6 @@ type lockState struct {
 	rec    record
 	token  uint64
 	stored time.Time // server time of the message
-}
-
-type hint struct {
-	lockState
 }
 
 func holderHash(lockID string) []byte {
@@ -310,7 +306,7 @@ func (s *Store) setHintLocked(key string, st lockState) {
 			break
 		}
 	}
-	s.hints[key] = hint{st}
+	s.hints[key] = st
 }
 
 func (s *Store) setHint(key string, st lockState) {
@@ -323,7 +319,7 @@ func (s *Store) getHint(key string) (lockState, bool) {
 	s.mu.Lock()
 	h, ok := s.hints[key]
 	s.mu.Unlock()
-	return h.lockState, ok
+	return h, ok
 }
 
 // readLock reads the lease subject's last message from the stream leader.
