@@ -211,11 +211,14 @@ func TestBadInput(t *testing.T) {
 		if got, _, _ := raw(t, nc, "lock.get.bad.held", ``); got["locked"] != true || got["has_value"] != false {
 			t.Errorf("held lock after bad requests = %v, want still locked, no value", got)
 		}
-		// Malformed msgpack.
-		m, err := nc.RequestMsg(&nats.Msg{Subject: "lock.acquire.bad.key", Data: []byte{0xc1, 0xff},
-			Header: nats.Header{"Content-Type": {"application/msgpack"}}}, 5*time.Second)
-		if err != nil || m.Header.Get(micro.ErrorCodeHeader) != "400" {
-			t.Errorf("malformed msgpack answered %v %v", m.Header, err)
+		// Malformed msgpack, including a value that declares 4 GiB in a
+		// 15-byte payload (the service must not allocate what it declares).
+		for _, data := range [][]byte{{0xc1, 0xff}, []byte("\x81\xa5value\xc6\xff\xff\xff\xf0")} {
+			m, err := nc.RequestMsg(&nats.Msg{Subject: "lock.release.bad.key", Data: data,
+				Header: nats.Header{"Content-Type": {"application/msgpack"}}}, 5*time.Second)
+			if err != nil || m.Header.Get(micro.ErrorCodeHeader) != "400" || !strings.Contains(m.Header.Get(micro.ErrorHeader), "malformed msgpack") {
+				t.Errorf("malformed msgpack %q answered %v %v", data, m.Header, err)
+			}
 		}
 	})
 }

@@ -2,6 +2,7 @@ package service
 
 import (
 	"encoding/json"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -12,13 +13,60 @@ import (
 // FuzzDecode feeds arbitrary payloads, as JSON and as msgpack, to every
 // request type: decoding must fail cleanly or yield a value that encodes
 // again, never panic.
+// For longer runs by hand: go test ./service -run '^$' -fuzz FuzzDecode.
 func FuzzDecode(f *testing.F) {
-	for _, s := range []string{`{}`, `{"ttl_ms":5000,"wait_ms":100,"lock_id":"0123456789abcdef","owner":"me"}`,
-		`{"lock_id":"x","value":{"a":[1,2,null]}}`, `{"value":null}`, `[]`, `null`, `{"ttl_ms":1e400}`, "\x81\xa6ttl_ms\xcd\x13\x88"} {
+	for _, s := range decodeSeeds {
 		f.Add([]byte(s), false)
 		f.Add([]byte(s), true)
 	}
-	f.Fuzz(func(t *testing.T, data []byte, useMsgpack bool) {
+	f.Fuzz(checkDecode)
+}
+
+var decodeSeeds = []string{`{}`, `{"ttl_ms":5000,"wait_ms":100,"lock_id":"0123456789abcdef","owner":"me"}`,
+	`{"lock_id":"x","value":{"a":[1,2,null]}}`, `{"value":null}`, `[]`, `null`, `{"ttl_ms":1e400}`,
+	`{"ttl_ms":-1,"value":{"$binary":"AAEC"}}`, "\x81\xa6ttl_ms\xcd\x13\x88",
+	"\x82\xa6lock_id\xb00123456789abcdef\xa5value\xc4\x03abc", "\x81\xa5value\xc6\xff\xff\xff\xf0"}
+
+// TestDecodeMutations runs the FuzzDecode check on many mutations of its seeds
+// (a fixed seed, so a failure reproduces): flipped, inserted, deleted and
+// duplicated bytes, decoded as JSON and as msgpack.
+func TestDecodeMutations(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	n := 50000
+	if testing.Short() {
+		n = 5000
+	}
+	for i := 0; i < n; i++ {
+		data := []byte(decodeSeeds[rng.IntN(len(decodeSeeds))])
+		for m := rng.IntN(4); m >= 0; m-- {
+			pos := 0
+			if len(data) > 0 {
+				pos = rng.IntN(len(data))
+			}
+			switch rng.IntN(4) {
+			case 0:
+				if len(data) > 0 {
+					data[pos] = byte(rng.IntN(256))
+				}
+			case 1:
+				data = append(data[:pos], append([]byte{byte(rng.IntN(256))}, data[pos:]...)...)
+			case 2:
+				if len(data) > 0 {
+					data = append(data[:pos], data[pos+1:]...)
+				}
+			case 3:
+				data = append(data, data[pos:]...)
+			}
+		}
+		checkDecode(t, data, i%2 == 0)
+		if t.Failed() {
+			t.Fatalf("input %q (msgpack=%v)", data, i%2 == 0)
+		}
+	}
+}
+
+func checkDecode(t *testing.T, data []byte, useMsgpack bool) {
+	{
 		r := &request{data: data, msgpack: useMsgpack}
 		for _, v := range []any{&api.AcquireRequest{}, &api.ReleaseRequest{}, &api.RefreshRequest{},
 			&api.WriteRequest{}, &api.DeleteRequest{}, &api.WaitRequest{}, &api.CancelRequest{}} {
@@ -34,5 +82,5 @@ func FuzzDecode(f *testing.F) {
 				}
 			}
 		}
-	})
+	}
 }

@@ -11,6 +11,9 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+	"github.com/vmihailenco/msgpack/v5/msgpcode"
 )
 
 // ServiceName is the name of the micro service (nats micro ls).
@@ -136,6 +139,42 @@ func (v Value) MarshalJSON() ([]byte, error) {
 // UnmarshalJSON keeps the raw JSON (including a literal null).
 func (v *Value) UnmarshalJSON(b []byte) error {
 	*v = append(Value{}, b...)
+	return nil
+}
+
+// valueChunk bounds what DecodeMsgpack allocates ahead of the bytes it has
+// actually read.
+const valueChunk = 64 << 10
+
+// DecodeMsgpack reads a bin (or str) or nil. It allocates as the bytes
+// arrive, never from the declared length alone: msgpack's own []byte decoding
+// allocates the declared length up front, so a 15-byte request declaring a
+// 4 GiB bin would cost 4 GiB.
+func (v *Value) DecodeMsgpack(dec *msgpack.Decoder) error {
+	code, err := dec.PeekCode()
+	if err != nil {
+		return err
+	}
+	if code == msgpcode.Nil {
+		*v = nil
+		return dec.DecodeNil()
+	}
+	if !msgpcode.IsBin(code) && !msgpcode.IsString(code) {
+		return fmt.Errorf("value must be a msgpack bin, str or nil, got code 0x%02x", code)
+	}
+	n, err := dec.DecodeBytesLen()
+	if err != nil {
+		return err
+	}
+	b := make([]byte, 0, min(n, valueChunk))
+	for len(b) < n {
+		k := min(n-len(b), valueChunk)
+		b = append(b, make([]byte, k)...)
+		if err := dec.ReadFull(b[len(b)-k:]); err != nil {
+			return fmt.Errorf("value: declared %d bytes, payload ends early: %w", n, err)
+		}
+	}
+	*v = b
 	return nil
 }
 

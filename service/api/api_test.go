@@ -1,9 +1,12 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"math/rand/v2"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -27,7 +30,43 @@ func TestValidateKey(t *testing.T) {
 
 var keyRe = regexp.MustCompile(`^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$`)
 
-// FuzzValidateKey checks ValidateKey against the documented grammar.
+// TestValidateKeyRandom checks ValidateKey against the documented grammar on
+// many generated keys (a fixed seed, so a failure reproduces). Biased towards
+// the interesting bytes: valid characters, '.', and a few invalid ones.
+func TestValidateKeyRandom(t *testing.T) {
+	const alphabet = "aZ09-/_=..........*> \x00\xff:ä"
+	rng := rand.New(rand.NewPCG(1, 2))
+	n := 200000
+	if testing.Short() {
+		n = 20000
+	}
+	for i := 0; i < n; i++ {
+		size := rng.IntN(12)
+		if i%1000 == 0 {
+			size = MaxKeyLen - 2 + rng.IntN(5)
+		}
+		b := make([]byte, size)
+		for j := range b {
+			if rng.IntN(4) == 0 {
+				b[j] = alphabet[rng.IntN(len(alphabet))]
+			} else {
+				b[j] = alphabet[rng.IntN(8)]
+			}
+		}
+		key := string(b)
+		err := ValidateKey(key)
+		want := keyRe.MatchString(key) && len(key) <= MaxKeyLen
+		if (err == nil) != want {
+			t.Fatalf("ValidateKey(%q) = %v, grammar says valid=%v", key, err, want)
+		}
+		if err != nil && !errors.Is(err, ErrInvalidKey) {
+			t.Fatalf("ValidateKey(%q) = %v, not ErrInvalidKey", key, err)
+		}
+	}
+}
+
+// FuzzValidateKey checks ValidateKey against the documented grammar
+// (for longer runs by hand: go test ./service/api -run '^$' -fuzz FuzzValidateKey).
 func FuzzValidateKey(f *testing.F) {
 	for _, s := range []string{"a", "a.b", "a..b", ".", "a*b", "orders/42", "x=y_z-1"} {
 		f.Add(s)
@@ -84,5 +123,55 @@ func TestValueEncoding(t *testing.T) {
 	var w WaitResponse
 	if err := msgpack.Unmarshal(b, &w); err != nil || string(w.Value) != "\x00\x01\x02" {
 		t.Errorf("msgpack round trip = %q, %v", w.Value, err)
+	}
+}
+
+// A msgpack value is allocated as its bytes arrive: a tiny payload declaring
+// a huge bin fails without allocating the declared size.
+func TestValueMsgpackDeclaredLength(t *testing.T) {
+	payload := []byte("\x81\xa5value\xc6\xff\xff\xff\xf0")
+	allocs := testing.AllocsPerRun(1, func() {
+		var r ReleaseRequest
+		if err := msgpack.Unmarshal(payload, &r); err == nil {
+			t.Fatal("a bin declaring 4 GiB in a 15-byte payload decoded without error")
+		}
+	})
+	var ms1, ms2 runtime.MemStats
+	runtime.ReadMemStats(&ms1)
+	var r ReleaseRequest
+	_ = msgpack.Unmarshal(payload, &r)
+	runtime.ReadMemStats(&ms2)
+	if got := ms2.TotalAlloc - ms1.TotalAlloc; got > 1<<20 {
+		t.Fatalf("decoding a 15-byte payload allocated %d bytes (%v allocs)", got, allocs)
+	}
+
+	big := bytes.Repeat([]byte("x"), 3*valueChunk+5)
+	for _, c := range []struct {
+		name string
+		in   any
+		want Value
+	}{
+		{"nil", map[string]any{"value": nil}, nil},
+		{"empty bin", map[string]any{"value": []byte{}}, Value{}},
+		{"bin", map[string]any{"value": []byte("abc")}, Value("abc")},
+		{"str", map[string]any{"value": "abc"}, Value("abc")},
+		{"big bin", map[string]any{"value": big}, Value(big)},
+	} {
+		b, err := msgpack.Marshal(c.in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r ReleaseRequest
+		if err := msgpack.Unmarshal(b, &r); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if (r.Value == nil) != (c.want == nil) || !bytes.Equal(r.Value, c.want) {
+			t.Fatalf("%s: got %q, want %q", c.name, r.Value, c.want)
+		}
+	}
+	b, _ := msgpack.Marshal(map[string]any{"value": 42})
+	var r2 ReleaseRequest
+	if err := msgpack.Unmarshal(b, &r2); err == nil || !strings.Contains(err.Error(), "bin, str or nil") {
+		t.Fatalf("value 42: err = %v, want a message naming bin, str or nil", err)
 	}
 }
