@@ -18,21 +18,32 @@
 //   - Write-while-holding is one publish to the object subject guarded by the
 //     lease subject's last sequence.
 //
-// Each Store watches the lease subjects (one ordered consumer) to learn of
-// releases and expiries made anywhere, and keeps the last sequence it saw
-// per key as a hint, so the usual operation is a single round trip; a stale
-// hint only costs a re-read, never correctness.
+// Each Store watches the bucket (one ordered consumer, headers only, so state
+// objects are never copied to it) to learn of releases and expiries made
+// anywhere. It keeps the last sequence it saw per lease subject as a hint, so
+// the usual operation is a single round trip; a stale hint only costs a
+// re-read, never correctness. It also keeps the set of keys that have a state
+// object, which lets Acquire skip reading the object of a key that has none
+// (see noObject for why that is safe).
+//
+// A lease record (holder hash, owner label, token, TTL) travels in the
+// Lockservice-Lease header (base64 of msgpack) so that the headers-only
+// watcher sees it; records in the body, as written by earlier versions, are
+// still read.
 package jetstream
 
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -66,6 +77,11 @@ const (
 	defaultBucket    = "lockservice"
 	defaultMarkerTTL = time.Minute
 	hintLimit        = 200_000
+	// objLimit bounds the set of keys with a state object; past it the
+	// store stops tracking them and always reads the object on acquire.
+	objLimit = 1_000_000
+	// leaseHeader carries a lease record: base64 (std, unpadded) of msgpack.
+	leaseHeader = "Lockservice-Lease"
 )
 
 // Store is the JetStream KV store. Create it with New.
@@ -80,9 +96,14 @@ type Store struct {
 	markTTL  string // Nats-TTL for release markers
 	consumer natsjs.ConsumeContext
 
-	mu     sync.Mutex
-	hints  map[string]lockState // last state seen per key: a hint only
-	notify func(store.Event)
+	mu       sync.Mutex
+	hints    map[string]lockState // last state seen per key: a hint only
+	notify   func(store.Event)
+	startSeq uint64              // the stream's last sequence when the watcher started
+	pos      uint64              // last stream sequence the watcher has applied
+	objs     map[string]struct{} // keys whose state object existed at pos
+	objsFull bool                // objs outgrew objLimit and is no longer kept
+	objReads atomic.Int64        // state-object reads (tests)
 }
 
 var (
@@ -144,6 +165,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 		objPfx:  "$KV." + cfg.Bucket + ".o.",
 		markTTL: ttlHeader(cfg.MarkerTTL),
 		hints:   make(map[string]lockState),
+		objs:    make(map[string]struct{}),
 	}
 	if cfg.ObjectTTL > 0 {
 		s.objTTL = ttlHeader(cfg.ObjectTTL)
@@ -173,9 +195,15 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("%w: stream %s on nats-server %s reads back allow_atomic=%v allow_msg_ttl=%v; lockservice needs nats-server 2.12 or newer",
 			ErrAtomicPublishUnsupported, s.stream, nc.ConnectedServerVersion(), got.AllowAtomicPublish, got.AllowMsgTTL)
 	}
+	// The watcher starts with the last message of every subject (the
+	// current leases and objects), then follows every new one in stream
+	// order. Headers only: objects are never copied to it. Events are
+	// reported only for messages newer than startSeq.
+	s.startSeq = st.CachedInfo().State.LastSeq
 	cons, err := js.OrderedConsumer(ctx, s.stream, natsjs.OrderedConsumerConfig{
-		FilterSubjects: []string{s.lockPfx + ">"},
-		DeliverPolicy:  natsjs.DeliverNewPolicy,
+		FilterSubjects: []string{s.lockPfx + ">", s.objPfx + ">"},
+		DeliverPolicy:  natsjs.DeliverLastPerSubjectPolicy,
+		HeadersOnly:    true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: watch %s: %w", s.stream, err)
@@ -243,18 +271,43 @@ func (st lockState) lease() store.Lease {
 	return l
 }
 
+func encodeRecord(rec record) string {
+	b, _ := msgpack.Marshal(rec)
+	return base64.RawStdEncoding.EncodeToString(b)
+}
+
+// recordOf reads a lease record from the Lockservice-Lease header or, as
+// earlier versions wrote it, from the body.
+func recordOf(hdr nats.Header, data []byte) (record, bool) {
+	var rec record
+	if v := hdr.Get(leaseHeader); v != "" {
+		b, err := base64.RawStdEncoding.DecodeString(v)
+		return rec, err == nil && msgpack.Unmarshal(b, &rec) == nil
+	}
+	return rec, len(data) > 0 && msgpack.Unmarshal(data, &rec) == nil
+}
+
+// removal reports whether a message removes its subject's value: a delete,
+// a purge or a server marker (TTL expiry, max age, purge).
+func removal(hdr nats.Header) bool {
+	op := hdr.Get("KV-Operation")
+	return op == "DEL" || op == "PURGE" || hdr.Get(natsjs.MarkerReasonHeader) != ""
+}
+
 // parse interprets the last message of a lease subject.
 func parse(seq uint64, hdr nats.Header, data []byte, stored time.Time) lockState {
 	st := lockState{seq: seq, stored: stored}
-	op := hdr.Get("KV-Operation")
-	if hdr.Get(natsjs.MarkerReasonHeader) != "" || op == "DEL" || op == "PURGE" {
+	if removal(hdr) {
 		// Free. A release marker carries the last lease for get.
-		if len(data) > 0 && msgpack.Unmarshal(data, &st.rec) == nil {
-			st.token = st.rec.Token
+		if rec, ok := recordOf(hdr, data); ok {
+			st.rec = rec
+			st.token = rec.Token
 		}
 		return st
 	}
-	if err := msgpack.Unmarshal(data, &st.rec); err != nil || len(st.rec.Holder) != 16 {
+	rec, ok := recordOf(hdr, data)
+	st.rec = rec
+	if !ok || len(st.rec.Holder) != 16 {
 		// Not ours (someone wrote the bucket by hand): treat as held by
 		// nobody we know, so only a release can clear it.
 		st.held = true
@@ -269,31 +322,91 @@ func parse(seq uint64, hdr nats.Header, data []byte, stored time.Time) lockState
 	return st
 }
 
-// observe is the watcher's callback: it keeps hints and reports releases and
-// expiries.
+// observe is the watcher's callback: it keeps hints and the set of keys with
+// a state object, and reports releases and expiries. Messages arrive in
+// stream order, headers only.
 func (s *Store) observe(m natsjs.Msg) {
 	md, err := m.Metadata()
 	if err != nil {
 		return
 	}
-	key := m.Subject()[len(s.lockPfx):]
-	st := parse(md.Sequence.Stream, m.Headers(), m.Data(), md.Timestamp)
 	s.mu.Lock()
-	prev, had := s.hints[key]
-	s.setHintLocked(key, st)
+	ev, report := s.applyLocked(md.Sequence.Stream, m.Subject(), m.Headers(), md.Timestamp)
+	if md.Sequence.Stream > s.pos {
+		s.pos = md.Sequence.Stream
+	}
 	fn := s.notify
 	s.mu.Unlock()
-	if st.held || fn == nil {
-		return
+	if report && fn != nil {
+		fn(ev)
+	}
+}
+
+// applyLocked applies one watched message and returns the event it means,
+// if any.
+func (s *Store) applyLocked(seq uint64, subj string, hdr nats.Header, stored time.Time) (store.Event, bool) {
+	switch {
+	case strings.HasPrefix(subj, s.objPfx):
+		key := subj[len(s.objPfx):]
+		switch {
+		case removal(hdr):
+			delete(s.objs, key)
+		case s.objsFull:
+		case len(s.objs) >= objLimit:
+			s.objsFull, s.objs = true, nil
+		default:
+			s.objs[key] = struct{}{}
+		}
+		return store.Event{}, false
+	case !strings.HasPrefix(subj, s.lockPfx):
+		return store.Event{}, false
+	}
+	key := subj[len(s.lockPfx):]
+	if hdr.Get(leaseHeader) == "" && !removal(hdr) {
+		// A lease record in the body (an earlier version wrote it): the
+		// watcher does not get bodies, so forget what it knew.
+		delete(s.hints, key)
+		return store.Event{}, false
+	}
+	st := parse(seq, hdr, nil, stored)
+	prev, had := s.hints[key]
+	s.setHintLocked(key, st)
+	if st.held || seq <= s.startSeq {
+		return store.Event{}, false
 	}
 	ev := store.Event{Key: key, Kind: store.Released, Token: st.token}
-	if m.Headers().Get(natsjs.MarkerReasonHeader) != "" {
+	if hdr.Get(natsjs.MarkerReasonHeader) != "" {
 		ev.Kind = store.Expired
 		if had && prev.held {
 			ev.Token = prev.token
 		}
 	}
-	fn(ev)
+	return ev, true
+}
+
+// noObject reports whether key certainly has no state object, given that
+// the lease subject is free at sequence leaseSeq (a release or expiry marker)
+// and an acquire is about to compare-and-set against it.
+//
+// Any state object that exists when that compare-and-set succeeds was written
+// before leaseSeq: objects are written only by a holder (guarded by the lease
+// subject being at the holder's sequence) or in one atomic batch before a
+// release or transfer message, and the lease subject has moved on to the free
+// message at leaseSeq since. The watcher applies messages in stream order, so
+// once it has applied leaseSeq it has seen that write, and the key would be
+// in objs. leaseSeq 0 (no lease message; release markers expire) proves
+// nothing, and neither does a watcher that has not reached leaseSeq.
+func (s *Store) noObject(key string, leaseSeq uint64) bool {
+	if leaseSeq == 0 {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.objsFull || s.pos < leaseSeq {
+		return false
+	}
+	_, has := s.objs[key]
+	return !has
 }
 
 func (s *Store) setHintLocked(key string, st lockState) {
@@ -338,12 +451,12 @@ func (s *Store) readLock(ctx context.Context, key string) (lockState, error) {
 
 // readObject returns the state object of key, nil when there is none.
 func (s *Store) readObject(ctx context.Context, key string) ([]byte, error) {
+	s.objReads.Add(1)
 	m, err := s.getLast(ctx, s.objPfx+key)
 	if err != nil || m == nil {
 		return nil, err
 	}
-	op := m.Header.Get("KV-Operation")
-	if op == "DEL" || op == "PURGE" || m.Header.Get(natsjs.MarkerReasonHeader) != "" {
+	if removal(m.Header) {
 		return nil, nil
 	}
 	if m.Data == nil {
@@ -478,8 +591,8 @@ func unavailable(err error) error {
 }
 
 func (s *Store) leaseMsg(key string, rec record, ttl time.Duration, expect uint64) *nats.Msg {
-	body, _ := msgpack.Marshal(rec)
-	return &nats.Msg{Subject: s.lockPfx + key, Data: body, Header: nats.Header{
+	return &nats.Msg{Subject: s.lockPfx + key, Header: nats.Header{
+		leaseHeader:                      {encodeRecord(rec)},
 		natsjs.MsgTTLHeader:              {ttlHeader(ttl)},
 		natsjs.ExpectedLastSubjSeqHeader: {strconv.FormatUint(expect, 10)},
 	}}
@@ -489,8 +602,8 @@ func (s *Store) leaseMsg(key string, rec record, ttl time.Duration, expect uint6
 func (s *Store) releaseMsg(key string, st lockState) *nats.Msg {
 	rec := st.rec
 	rec.Token = st.token
-	body, _ := msgpack.Marshal(rec)
-	return &nats.Msg{Subject: s.lockPfx + key, Data: body, Header: nats.Header{
+	return &nats.Msg{Subject: s.lockPfx + key, Header: nats.Header{
+		leaseHeader:                      {encodeRecord(rec)},
 		"KV-Operation":                   {"PURGE"},
 		"Nats-Rollup":                    {"sub"},
 		natsjs.MsgTTLHeader:              {s.markTTL},
@@ -575,10 +688,14 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 			return store.Grant{Lease: cur.lease(), Value: v}, nil
 		}
 		objc := make(chan objResult, 1)
-		go func() {
-			v, err := s.readObject(ctx, key)
-			objc <- objResult{v, err}
-		}()
+		if s.noObject(key, cur.seq) {
+			objc <- objResult{}
+		} else {
+			go func() {
+				v, err := s.readObject(ctx, key)
+				objc <- objResult{v, err}
+			}()
+		}
 		rec := record{Holder: me, Owner: opts.Owner, TTLms: opts.TTL.Milliseconds()}
 		sent := time.Now()
 		ack, err := s.publish(ctx, s.leaseMsg(key, rec, opts.TTL, cur.seq))

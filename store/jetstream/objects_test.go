@@ -1,0 +1,194 @@
+package jetstream
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/lockservice/lockservice/internal/testsrv"
+	"github.com/lockservice/lockservice/store"
+	"github.com/lockservice/lockservice/store/storetest"
+)
+
+func newStore(t *testing.T, url string) *Store {
+	t.Helper()
+	s, err := New(t.Context(), testsrv.ConnectURL(t, url), Config{Bucket: "objects"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// waitPos waits until s's watcher has applied stream sequence seq.
+func waitPos(t *testing.T, s *Store, seq uint64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.mu.Lock()
+		pos := s.pos
+		s.mu.Unlock()
+		if pos >= seq {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("watcher at %d, want %d", pos, seq)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func lastSeq(t *testing.T, s *Store) uint64 {
+	t.Helper()
+	st, err := s.js.Stream(t.Context(), s.stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.CachedInfo().State.LastSeq
+}
+
+func acquire(t *testing.T, s *Store, key string) (string, store.Grant) {
+	t.Helper()
+	id := storetest.NewLockID()
+	g, err := s.Acquire(t.Context(), key, id, store.AcquireOptions{TTL: time.Minute})
+	if err != nil {
+		t.Fatalf("acquire %s: %v", key, err)
+	}
+	return id, g
+}
+
+// A key without state is acquired without reading its object once the
+// watcher has seen the release; a key with state is always read, whichever
+// store wrote it and however (write while holding, release with a value,
+// transfer with a value), and a deleted object reads as none.
+func TestAcquireSkipsObjectReadOnlyWithoutState(t *testing.T) {
+	srv := testsrv.NATS(t, "")
+	a, b := newStore(t, srv.ClientURL()), newStore(t, srv.ClientURL())
+	ctx := context.Background()
+
+	// Stateless key: after the first pair, no reads.
+	key := "skip.stateless"
+	for i := 0; i < 5; i++ {
+		id, _ := acquire(t, a, key)
+		if err := a.Release(ctx, key, id, store.Update{}); err != nil {
+			t.Fatal(err)
+		}
+		waitPos(t, a, lastSeq(t, a))
+	}
+	before := a.objReads.Load()
+	for i := 0; i < 20; i++ {
+		id, g := acquire(t, a, key)
+		if g.Value != nil {
+			t.Fatalf("stateless key read value %q", g.Value)
+		}
+		if err := a.Release(ctx, key, id, store.Update{}); err != nil {
+			t.Fatal(err)
+		}
+		waitPos(t, a, lastSeq(t, a))
+	}
+	if n := a.objReads.Load() - before; n != 0 {
+		t.Errorf("20 acquires of a key without state read the object %d times, want 0", n)
+	}
+
+	// State written through the other store, in every way a holder can.
+	writes := []struct {
+		name string
+		do   func(t *testing.T, key, id string) string // returns the value now stored
+	}{
+		{"write while holding", func(t *testing.T, key, id string) string {
+			if err := b.Write(ctx, key, id, store.Update{Op: store.Set, Value: []byte("w")}); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Release(ctx, key, id, store.Update{}); err != nil {
+				t.Fatal(err)
+			}
+			return "w"
+		}},
+		{"release with a value", func(t *testing.T, key, id string) string {
+			if err := b.Release(ctx, key, id, store.Update{Op: store.Set, Value: []byte("r")}); err != nil {
+				t.Fatal(err)
+			}
+			return "r"
+		}},
+		{"transfer with a value", func(t *testing.T, key, id string) string {
+			to := storetest.NewLockID()
+			if _, err := b.Transfer(ctx, key, id, store.Update{Op: store.Set, Value: []byte("x")}, to, store.AcquireOptions{TTL: time.Minute}); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Release(ctx, key, to, store.Update{}); err != nil {
+				t.Fatal(err)
+			}
+			return "x"
+		}},
+		{"delete", func(t *testing.T, key, id string) string {
+			if err := b.Release(ctx, key, id, store.Update{Op: store.Delete}); err != nil {
+				t.Fatal(err)
+			}
+			return ""
+		}},
+	}
+	for i := 0; i < 10; i++ {
+		for _, w := range writes {
+			key := fmt.Sprintf("skip.state.%d", i)
+			id, _ := acquire(t, b, key)
+			want := w.do(t, key, id)
+			// Both the lagging and the caught-up watcher must see it.
+			if i%2 == 1 {
+				waitPos(t, a, lastSeq(t, a))
+			}
+			id, g := acquire(t, a, key)
+			if string(g.Value) != want || (want == "" && g.Value != nil) {
+				t.Fatalf("%s, round %d: acquire through the other store read %q, want %q", w.name, i, g.Value, want)
+			}
+			if err := a.Release(ctx, key, id, store.Update{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// A store started after objects were written knows them from its first
+// message on: the watcher starts from the last message of every subject.
+func TestObjectsWrittenBeforeStart(t *testing.T) {
+	srv := testsrv.NATS(t, "")
+	a := newStore(t, srv.ClientURL())
+	ctx := context.Background()
+	id, _ := acquire(t, a, "before.k")
+	if err := a.Release(ctx, "before.k", id, store.Update{Op: store.Set, Value: []byte("old")}); err != nil {
+		t.Fatal(err)
+	}
+
+	c := newStore(t, srv.ClientURL())
+	// Move c's watcher past the release with traffic on another key.
+	id, _ = acquire(t, c, "before.other")
+	if err := c.Release(ctx, "before.other", id, store.Update{}); err != nil {
+		t.Fatal(err)
+	}
+	waitPos(t, c, lastSeq(t, c))
+	_, g := acquire(t, c, "before.k")
+	if string(g.Value) != "old" {
+		t.Fatalf("a store started after the write read %q, want %q", g.Value, "old")
+	}
+}
+
+// Lease records written by earlier versions in the body still parse.
+func TestRecordInBody(t *testing.T) {
+	rec := record{Holder: holderHash("0123456789abcdef"), Owner: "o", Token: 7, TTLms: 1000}
+	body, _ := msgpack.Marshal(rec)
+	st := parse(9, nats.Header{}, body, time.Now())
+	if !st.held || st.token != 7 || !sameHolder(st.rec.Holder, rec.Holder) || st.rec.Owner != "o" {
+		t.Fatalf("body record parsed as %+v", st)
+	}
+	st = parse(10, nats.Header{"KV-Operation": {"PURGE"}}, body, time.Now())
+	if st.held || st.token != 7 {
+		t.Fatalf("body release marker parsed as %+v", st)
+	}
+	st = parse(11, nats.Header{leaseHeader: {encodeRecord(rec)}}, nil, time.Now())
+	if !st.held || st.token != 7 || st.rec.Owner != "o" {
+		t.Fatalf("header record parsed as %+v", st)
+	}
+}
