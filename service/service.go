@@ -119,11 +119,12 @@ type Service struct {
 	stopping atomic.Bool
 	stopOnce sync.Once
 
-	mu      sync.Mutex
-	keys    map[string]*keyState
-	ids     map[string]*waiter // acquires in progress or recently granted, by lock id
-	recent  []recentGrant
-	waiters int
+	mu         sync.Mutex
+	keys       map[string]*keyState
+	ids        map[string]*waiter // acquires in progress or recently granted, by lock id
+	recent     []recentGrant      // grants by time; entries before recentHead have expired
+	recentHead int
+	waiters    int
 
 	stats stats
 }

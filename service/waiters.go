@@ -142,15 +142,22 @@ func (s *Service) forgetIDLocked(w *waiter) {
 func (s *Service) rememberGrantLocked(w *waiter, now time.Time) {
 	w.granted = true
 	s.recent = append(s.recent, recentGrant{at: now, lockID: w.lockID, w: w})
-	i := 0
+	i := s.recentHead
 	for ; i < len(s.recent) && now.Sub(s.recent[i].at) > recentGrantTTL; i++ {
 		rg := s.recent[i]
 		if s.ids[rg.lockID] == rg.w {
 			delete(s.ids, rg.lockID)
 		}
+		s.recent[i] = recentGrant{}
 	}
-	if i > 0 {
-		s.recent = append(s.recent[:0], s.recent[i:]...)
+	s.recentHead = i
+	// Compact when the expired prefix is half the slice: amortized O(1)
+	// per grant (copying on every expiry cost O(grants in the window)).
+	if s.recentHead > len(s.recent)/2 {
+		n := copy(s.recent, s.recent[s.recentHead:])
+		clear(s.recent[n:])
+		s.recent = s.recent[:n]
+		s.recentHead = 0
 	}
 }
 
