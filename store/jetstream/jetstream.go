@@ -102,7 +102,9 @@ type Store struct {
 	startSeq uint64              // the stream's last sequence when the watcher started
 	pos      uint64              // last stream sequence the watcher has applied
 	objs     map[string]struct{} // keys whose state object existed at pos
-	objsFull bool                // objs outgrew objLimit and is no longer kept
+	objsFull bool                // objs outgrew objLimit, or the stream went back: not kept
+	watcher  string              // the watcher's current consumer (its name changes on a reset)
+	trustAt  time.Time           // no skipping of object reads before this (after a reset)
 	objReads atomic.Int64        // state-object reads (tests)
 }
 
@@ -244,6 +246,9 @@ type lockState struct {
 	rec    record
 	token  uint64
 	stored time.Time // server time of the message
+	// watched: the watcher applied this very message (not only the
+	// store's own publish or read), so it applied every earlier one.
+	watched bool
 }
 
 func holderHash(lockID string) []byte {
@@ -331,6 +336,19 @@ func (s *Store) observe(m natsjs.Msg) {
 		return
 	}
 	s.mu.Lock()
+	if md.Consumer != s.watcher {
+		// The ordered consumer was recreated (after a server restart or a
+		// gap). A message of the old one may still be on its way in a
+		// stalled callback, and the stream may have lost its tail (an R1
+		// server that crashed within its sync interval): trust nothing
+		// for a while, and check the stream.
+		first := s.watcher == ""
+		s.watcher = md.Consumer
+		if !first {
+			s.trustAt = time.Now().Add(resetDistrust)
+			go s.checkStreamWentBack()
+		}
+	}
 	ev, report := s.applyLocked(md.Sequence.Stream, m.Subject(), m.Headers(), md.Timestamp)
 	if md.Sequence.Stream > s.pos {
 		s.pos = md.Sequence.Stream
@@ -342,6 +360,25 @@ func (s *Store) observe(m natsjs.Msg) {
 	}
 }
 
+// resetDistrust is how long after a watcher reset the store reads every
+// state object again.
+const resetDistrust = 5 * time.Second
+
+// checkStreamWentBack stops skipping object reads for good when the stream's
+// last sequence is below what the watcher applied: sequences are being
+// reused, and the watcher, which resumes after its last sequence, would miss
+// their messages.
+func (s *Store) checkStreamWentBack() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := s.js.Stream(ctx, s.stream)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil || st.CachedInfo().State.LastSeq < s.pos {
+		s.objsFull, s.objs = true, nil
+	}
+}
+
 // applyLocked applies one watched message and returns the event it means,
 // if any.
 func (s *Store) applyLocked(seq uint64, subj string, hdr nats.Header, stored time.Time) (store.Event, bool) {
@@ -349,7 +386,9 @@ func (s *Store) applyLocked(seq uint64, subj string, hdr nats.Header, stored tim
 	case strings.HasPrefix(subj, s.objPfx):
 		key := subj[len(s.objPfx):]
 		switch {
-		case removal(hdr):
+		case removal(hdr) && seq > s.pos:
+			// Only in order: a removal older than what was applied may
+			// be followed by a newer write already applied.
 			delete(s.objs, key)
 		case s.objsFull:
 		case len(s.objs) >= objLimit:
@@ -363,12 +402,15 @@ func (s *Store) applyLocked(seq uint64, subj string, hdr nats.Header, stored tim
 	}
 	key := subj[len(s.lockPfx):]
 	if hdr.Get(leaseHeader) == "" && !removal(hdr) {
-		// A lease record in the body (an earlier version wrote it): the
-		// watcher does not get bodies, so forget what it knew.
-		delete(s.hints, key)
+		// A lease record only in the body (an earlier version wrote it):
+		// the watcher does not get bodies, so forget an older hint.
+		if prev, ok := s.hints[key]; ok && prev.seq <= seq {
+			delete(s.hints, key)
+		}
 		return store.Event{}, false
 	}
 	st := parse(seq, hdr, nil, stored)
+	st.watched = true
 	prev, had := s.hints[key]
 	s.setHintLocked(key, st)
 	if st.held || seq <= s.startSeq {
@@ -396,13 +438,19 @@ func (s *Store) applyLocked(seq uint64, subj string, hdr nats.Header, stored tim
 // once it has applied leaseSeq it has seen that write, and the key would be
 // in objs. leaseSeq 0 (no lease message; release markers expire) proves
 // nothing, and neither does a watcher that has not reached leaseSeq.
+//
+// The hint for key must be the watcher's own view of that free message
+// (watched), not one the store set from its own publish or read: that also
+// guards against sequences reused after the stream lost its tail. For a
+// while after a watcher reset nothing is trusted (see observe).
 func (s *Store) noObject(key string, leaseSeq uint64) bool {
 	if leaseSeq == 0 {
 		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.objsFull || s.pos < leaseSeq {
+	h, ok := s.hints[key]
+	if s.objsFull || s.pos < leaseSeq || !ok || h.seq != leaseSeq || !h.watched || h.held || time.Now().Before(s.trustAt) {
 		return false
 	}
 	_, has := s.objs[key]
@@ -410,8 +458,13 @@ func (s *Store) noObject(key string, leaseSeq uint64) bool {
 }
 
 func (s *Store) setHintLocked(key string, st lockState) {
-	if prev, ok := s.hints[key]; ok && prev.seq > st.seq {
-		return
+	if prev, ok := s.hints[key]; ok {
+		if prev.seq > st.seq {
+			return
+		}
+		if prev.seq == st.seq && prev.watched {
+			st.watched = true // the same message, seen by the watcher too
+		}
 	}
 	if len(s.hints) >= hintLimit {
 		for k := range s.hints { // drop an arbitrary entry; hints are only hints
@@ -590,9 +643,12 @@ func unavailable(err error) error {
 	return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
 }
 
+// Lease records go in the header (for the headers-only watcher) and in the
+// body (for instances of earlier versions during a rolling upgrade).
 func (s *Store) leaseMsg(key string, rec record, ttl time.Duration, expect uint64) *nats.Msg {
-	return &nats.Msg{Subject: s.lockPfx + key, Header: nats.Header{
-		leaseHeader:                      {encodeRecord(rec)},
+	body, _ := msgpack.Marshal(rec)
+	return &nats.Msg{Subject: s.lockPfx + key, Data: body, Header: nats.Header{
+		leaseHeader:                      {base64.RawStdEncoding.EncodeToString(body)},
 		natsjs.MsgTTLHeader:              {ttlHeader(ttl)},
 		natsjs.ExpectedLastSubjSeqHeader: {strconv.FormatUint(expect, 10)},
 	}}
@@ -602,8 +658,9 @@ func (s *Store) leaseMsg(key string, rec record, ttl time.Duration, expect uint6
 func (s *Store) releaseMsg(key string, st lockState) *nats.Msg {
 	rec := st.rec
 	rec.Token = st.token
-	return &nats.Msg{Subject: s.lockPfx + key, Header: nats.Header{
-		leaseHeader:                      {encodeRecord(rec)},
+	body, _ := msgpack.Marshal(rec)
+	return &nats.Msg{Subject: s.lockPfx + key, Data: body, Header: nats.Header{
+		leaseHeader:                      {base64.RawStdEncoding.EncodeToString(body)},
 		"KV-Operation":                   {"PURGE"},
 		"Nats-Rollup":                    {"sub"},
 		natsjs.MsgTTLHeader:              {s.markTTL},

@@ -192,3 +192,45 @@ func TestRecordInBody(t *testing.T) {
 		t.Fatalf("header record parsed as %+v", st)
 	}
 }
+
+// The watcher's bookkeeping errs towards reading: a removal older than what
+// it applied keeps the key in the set, a hint the watcher did not apply
+// itself is not trusted, and a stream whose last sequence is below the
+// watcher's position turns skipping off for good.
+func TestObjectBookkeepingErrsTowardsReading(t *testing.T) {
+	srv := testsrv.NATS(t, "")
+	s := newStore(t, srv.ClientURL())
+	const key = "book.k"
+	s.mu.Lock()
+	base := s.pos + 1000
+	apply := func(seq uint64, subj string, hdr nats.Header) {
+		s.applyLocked(seq, subj, hdr, time.Now())
+		if seq > s.pos {
+			s.pos = seq
+		}
+	}
+	apply(base+10, s.objPfx+key, nats.Header{})
+	apply(base+5, s.objPfx+key, nats.Header{"KV-Operation": {"PURGE"}}) // late, out of order
+	_, has := s.objs[key]
+	if !has {
+		t.Error("an out-of-order removal dropped a key whose later write was applied")
+	}
+	apply(base+11, s.objPfx+key, nats.Header{"KV-Operation": {"PURGE"}})
+	// A free lease message set by the store itself, not seen by the watcher.
+	s.setHintLocked(key, lockState{seq: base + 12})
+	s.pos = base + 12
+	s.mu.Unlock()
+	if s.noObject(key, base+12) {
+		t.Error("noObject trusted a hint the watcher never applied")
+	}
+	s.mu.Lock()
+	apply(base+12, s.lockPfx+key, nats.Header{"KV-Operation": {"PURGE"}, leaseHeader: {encodeRecord(record{Token: 3})}})
+	s.mu.Unlock()
+	if !s.noObject(key, base+12) {
+		t.Fatal("noObject = false for a key with no object after the watcher applied its release")
+	}
+	s.checkStreamWentBack() // the stream's last sequence is far below base
+	if s.noObject(key, base+12) {
+		t.Error("noObject still trusted after the stream went back")
+	}
+}
