@@ -30,7 +30,8 @@ import (
 // Server is a running nats-server with the lock service attached.
 type Server struct {
 	ns      *server.Server
-	nc      *nats.Conn
+	nc      *nats.Conn // for the user's clients (Conn)
+	svcNC   *nats.Conn // the service's and the store's own, NoEcho
 	svc     *service.Service
 	store   *jsstore.Store
 	tempDir string
@@ -152,7 +153,15 @@ func Start(opts ...Option) (*Server, error) {
 	if !o.noListen {
 		srv.URL = ns.ClientURL()
 	}
-	srv.nc, err = nats.Connect("", nats.InProcessServer(ns), nats.Name("lockservice-embedded"))
+	// The service gets a connection of its own with NoEcho: its events are
+	// not delivered back to it (it would drop them). Clients get another,
+	// since NoEcho would also hide the service from requests sent on it.
+	srv.svcNC, err = nats.Connect("", nats.InProcessServer(ns), nats.Name("lockservice-embedded"), nats.NoEcho())
+	if err != nil {
+		srv.Close()
+		return nil, fmt.Errorf("embedded: connect: %w", err)
+	}
+	srv.nc, err = nats.Connect("", nats.InProcessServer(ns), nats.Name("lockservice-embedded-clients"))
 	if err != nil {
 		srv.Close()
 		return nil, fmt.Errorf("embedded: connect: %w", err)
@@ -161,14 +170,14 @@ func Start(opts ...Option) (*Server, error) {
 	if st == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		srv.store, err = jsstore.New(ctx, srv.nc, o.store)
+		srv.store, err = jsstore.New(ctx, srv.svcNC, o.store)
 		if err != nil {
 			srv.Close()
 			return nil, err
 		}
 		st = srv.store
 	}
-	srv.svc, err = service.New(srv.nc, st, o.svc)
+	srv.svc, err = service.New(srv.svcNC, st, o.svc)
 	if err != nil {
 		srv.Close()
 		return nil, err
@@ -176,8 +185,8 @@ func Start(opts ...Option) (*Server, error) {
 	return srv, nil
 }
 
-// Conn returns the server's own in-process connection (shared with the
-// service; do not close it).
+// Conn returns an in-process connection for clients, opened by Start and
+// closed by Close (do not close it yourself). The service has its own.
 func (s *Server) Conn() *nats.Conn { return s.nc }
 
 // NATSServer returns the embedded nats-server.
@@ -186,8 +195,8 @@ func (s *Server) NATSServer() *server.Server { return s.ns }
 // Service returns the lock service.
 func (s *Server) Service() *service.Service { return s.svc }
 
-// Connect opens a new connection to the server (in-process), for clients
-// that should not share the service's connection.
+// Connect opens a new in-process connection to the server, closed by the
+// caller.
 func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
 	return nats.Connect("", append([]nats.Option{nats.InProcessServer(s.ns)}, opts...)...)
 }
@@ -203,6 +212,9 @@ func (s *Server) Close() error {
 	}
 	if s.nc != nil {
 		s.nc.Close()
+	}
+	if s.svcNC != nil {
+		s.svcNC.Close()
 	}
 	if s.ns != nil {
 		s.ns.Shutdown()

@@ -139,6 +139,10 @@ type stats struct {
 // New registers the micro service "lockservice" on nc with an endpoint per
 // operation and starts serving. nc and st stay the caller's: Stop does not
 // close them.
+//
+// A connection of the instance's own may use nats.NoEcho() (cmd/lockservice
+// and embedded do): the instance drops its own events anyway. Never use it on
+// a connection shared with clients or other instances, which it would hide.
 func New(nc *nats.Conn, st store.Store, cfg Config) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err

@@ -62,12 +62,12 @@ func setup(ctx context.Context, cfg *config, logf func(string, ...any)) (_ *env,
 	e.jsSvc, e.jsPrefix = e.srv.Service(), api.DefaultPrefix
 	// serviceConn connects a service instance: in-process (net.Pipe), as
 	// embedded.Start and cmd/lockservice without --nats-url do, or over
-	// TCP loopback, as cmd/lockservice --nats-url does.
+	// TCP loopback, as cmd/lockservice --nats-url does. NoEcho, as both do.
 	serviceConn := func(name string) (*nats.Conn, error) {
 		if cfg.serviceConn == "tcp" {
-			return e.natsConn(name)
+			return e.natsConn(name, nats.NoEcho())
 		}
-		return e.srv.Connect(nats.Name(name))
+		return e.srv.Connect(nats.Name(name), nats.NoEcho())
 	}
 	if cfg.serviceConn == "tcp" {
 		// The embedded instance stays idle; a second JetStream instance on
@@ -151,8 +151,8 @@ func (e *env) close() {
 
 // natsConn opens a client connection over TCP loopback, as a client process
 // would have.
-func (e *env) natsConn(name string) (*nats.Conn, error) {
-	return nats.Connect(e.srv.URL, nats.Name(name), nats.MaxReconnects(-1))
+func (e *env) natsConn(name string, opts ...nats.Option) (*nats.Conn, error) {
+	return nats.Connect(e.srv.URL, append([]nats.Option{nats.Name(name), nats.MaxReconnects(-1)}, opts...)...)
 }
 
 // peerRedis returns a go-redis client with the library defaults, for one

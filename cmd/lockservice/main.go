@@ -158,7 +158,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 
-	nopts := []nats.Option{nats.Name("lockservice"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
+	// NoEcho: the instance's own events are not delivered back to it. The
+	// connection is the instance's alone, so nothing else is hidden.
+	nopts := []nats.Option{nats.Name("lockservice"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond), nats.NoEcho()}
 	if c.natsCreds != "" {
 		nopts = append(nopts, nats.UserCredentials(c.natsCreds))
 	}
