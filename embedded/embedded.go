@@ -189,6 +189,10 @@ func Start(opts ...Option) (*Server, error) {
 // closed by Close (do not close it yourself). The service has its own.
 func (s *Server) Conn() *nats.Conn { return s.nc }
 
+// Store returns the JetStream store of the service, or nil when Start was
+// given WithStore.
+func (s *Server) Store() *jsstore.Store { return s.store }
+
 // NATSServer returns the embedded nats-server.
 func (s *Server) NATSServer() *server.Server { return s.ns }
 

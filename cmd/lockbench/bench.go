@@ -16,6 +16,7 @@ import (
 
 	"github.com/lockservice/lockservice/client"
 	"github.com/lockservice/lockservice/service"
+	jsstore "github.com/lockservice/lockservice/store/jetstream"
 )
 
 // bench runs the scenarios.
@@ -209,10 +210,21 @@ func (b *bench) scenario2(ctx context.Context) error {
 			ls[i] = l
 		}
 		stop := b.profile("s2", t)
+		var js0 jsstore.Stats
+		if t == tJetStream && b.env.jsStore != nil {
+			js0 = b.env.jsStore.Stats()
+		}
 		count, elapsed, err := runParallel(ctx, n, b.cfg.duration, func(ctx context.Context, i int) error {
 			return pair(ctx, ls[i], b.key("s2", t, i))
 		})
 		stop()
+		if t == tJetStream && b.env.jsStore != nil {
+			// Keys without state: the acquire should not read it.
+			js := b.env.jsStore.Stats()
+			if n := js.Acquires - js0.Acquires; n > 0 {
+				b.res.set("2", "acquires made without reading the state object (store stats)", "%", t, 100*float64(js.Skipped-js0.Skipped)/float64(n), false)
+			}
+		}
 		for _, l := range ls {
 			l.close()
 		}

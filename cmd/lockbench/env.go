@@ -30,7 +30,7 @@ type env struct {
 	jsSvc    *service.Service // the measured JetStream instance
 	jsPrefix string
 	jsNC     *nats.Conn       // with -service-conn tcp: the JetStream service's connection
-	jsStore  *jsstore.Store   // with -service-conn tcp
+	jsStore  *jsstore.Store   // the measured instance's store
 	redisSvc *service.Service // lockservice on Redis (prefix "lockr")
 	redisNC  *nats.Conn       // the Redis service's connection
 	storeRDB *goredis.Client  // the Redis store's client
@@ -59,7 +59,7 @@ func setup(ctx context.Context, cfg *config, logf func(string, ...any)) (_ *env,
 		return nil, fmt.Errorf("embedded lockservice: %w", err)
 	}
 	logf("embedded nats-server + lockservice (JetStream) at %s", e.srv.URL)
-	e.jsSvc, e.jsPrefix = e.srv.Service(), api.DefaultPrefix
+	e.jsSvc, e.jsPrefix, e.jsStore = e.srv.Service(), api.DefaultPrefix, e.srv.Store()
 	// serviceConn connects a service instance: in-process (net.Pipe), as
 	// embedded.Start and cmd/lockservice without --nats-url do, or over
 	// TCP loopback, as cmd/lockservice --nats-url does. NoEcho, as both do.

@@ -105,7 +105,20 @@ type Store struct {
 	objsFull bool                // objs outgrew objLimit, or the stream went back: not kept
 	watcher  string              // the watcher's current consumer (its name changes on a reset)
 	trustAt  time.Time           // no skipping of object reads before this (after a reset)
-	objReads atomic.Int64        // state-object reads (tests)
+	acquires atomic.Int64        // grants attempted (compare-and-set publishes on a free lease)
+	skipped  atomic.Int64        // of those, made without reading the state object
+}
+
+// Stats are counters of one Store since New.
+type Stats struct {
+	// Acquires counts compare-and-set publishes on a free lease; Skipped
+	// those made without reading the state object (the key had none).
+	Acquires, Skipped int64
+}
+
+// Stats returns the store's counters.
+func (s *Store) Stats() Stats {
+	return Stats{Acquires: s.acquires.Load(), Skipped: s.skipped.Load()}
 }
 
 var (
@@ -504,7 +517,6 @@ func (s *Store) readLock(ctx context.Context, key string) (lockState, error) {
 
 // readObject returns the state object of key, nil when there is none.
 func (s *Store) readObject(ctx context.Context, key string) ([]byte, error) {
-	s.objReads.Add(1)
 	m, err := s.getLast(ctx, s.objPfx+key)
 	if err != nil || m == nil {
 		return nil, err
@@ -745,7 +757,9 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 			return store.Grant{Lease: cur.lease(), Value: v}, nil
 		}
 		objc := make(chan objResult, 1)
+		s.acquires.Add(1)
 		if s.noObject(key, cur.seq) {
+			s.skipped.Add(1)
 			objc <- objResult{}
 		} else {
 			go func() {
