@@ -105,8 +105,11 @@ type Store struct {
 	objsFull bool                // objs outgrew objLimit, or the stream went back: not kept
 	watcher  string              // the watcher's current consumer (its name changes on a reset)
 	trustAt  time.Time           // no skipping of object reads before this (after a reset)
-	acquires atomic.Int64        // grants attempted (compare-and-set publishes on a free lease)
-	skipped  atomic.Int64        // of those, made without reading the state object
+
+	acquires  atomic.Int64  // grants attempted (compare-and-set publishes on a free lease)
+	skipped   atomic.Int64  // of those, made without reading the state object
+	done      chan struct{} // closed by Close
+	closeOnce sync.Once
 }
 
 // Stats are counters of one Store since New.
@@ -181,6 +184,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 		markTTL: ttlHeader(cfg.MarkerTTL),
 		hints:   make(map[string]lockState),
 		objs:    make(map[string]struct{}),
+		done:    make(chan struct{}),
 	}
 	if cfg.ObjectTTL > 0 {
 		s.objTTL = ttlHeader(cfg.ObjectTTL)
@@ -233,6 +237,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 
 // Close stops watching the bucket. It does not close the connection.
 func (s *Store) Close() error {
+	s.closeOnce.Do(func() { close(s.done) })
 	s.consumer.Stop()
 	return nil
 }
@@ -381,13 +386,30 @@ const resetDistrust = 5 * time.Second
 // last sequence is below what the watcher applied: sequences are being
 // reused, and the watcher, which resumes after its last sequence, would miss
 // their messages.
+// A server that is still starting gets a few tries; if the stream cannot be
+// read at all, skipping is turned off too.
 func (s *Store) checkStreamWentBack() {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	st, err := s.js.Stream(ctx, s.stream)
+	var last uint64
+	var err error
+	for try := 0; try < 5; try++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		var st natsjs.Stream
+		if st, err = s.js.Stream(ctx, s.stream); err == nil {
+			last = st.CachedInfo().State.LastSeq
+		}
+		cancel()
+		if err == nil || errors.Is(err, natsjs.ErrStreamNotFound) {
+			break
+		}
+		select {
+		case <-s.done:
+			return
+		case <-time.After(time.Duration(try+1) * time.Second):
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err != nil || st.CachedInfo().State.LastSeq < s.pos {
+	if err != nil || last < s.pos {
 		s.objsFull, s.objs = true, nil
 	}
 }
