@@ -124,17 +124,24 @@ func TestSupersededGrantGoesToRetry(t *testing.T) {
 		nc.PublishRequest("lock.acquire."+key, first.Subject, []byte(body))
 		waitParked(t, svc, 1)
 
-		open := f.gate(id)
+		gate := f.gate(id)
+		var once sync.Once
+		open := func() { once.Do(func() { close(gate) }) }
+		t.Cleanup(open) // never leave a store call blocked
 		rel, _ := nc.SubscribeSync(nats.NewInbox())
 		nc.PublishRequest("lock.release."+key, rel.Subject, []byte(fmt.Sprintf(`{"lock_id":%q}`, held["lock_id"])))
-		<-f.entered // the hand-over to id is in flight
+		select {
+		case <-f.entered: // the hand-over to id is in flight
+		case <-time.After(10 * time.Second):
+			t.Fatal("the release did not hand the lock to the parked request")
+		}
 
 		nc.PublishRequest("lock.acquire."+key, retry.Subject, []byte(body))
 		if got, code := nextAnswer(t, first, "superseded request"); code != "" || got.Acquired {
 			t.Fatalf("superseded request answered %+v code %q, want not acquired", got, code)
 		}
 		waitParked(t, svc, 1) // the retry, behind the hand-over in flight
-		close(open)
+		open()
 
 		got, code := nextAnswer(t, retry, "retry")
 		if code != "" || !got.Acquired || got.LockID != id {

@@ -166,6 +166,9 @@ func (v *Value) DecodeMsgpack(dec *msgpack.Decoder) error {
 	if err != nil {
 		return err
 	}
+	if n < 0 { // a 32-bit length past MaxInt on a 32-bit platform
+		return fmt.Errorf("value: declared length out of range")
+	}
 	b := make([]byte, 0, min(n, valueChunk))
 	for len(b) < n {
 		k := min(n-len(b), valueChunk)
