@@ -157,6 +157,60 @@ func TestSupersededGrantGoesToRetry(t *testing.T) {
 	})
 }
 
+// TestSupersededGrantGoesToRetryWhenDriven: the same as
+// TestSupersededGrantGoesToRetry on a store without hand-over, where a
+// release wakes the key's driver and the driver's acquire is in flight when
+// the retry arrives. A second parked request keeps the retry parked (not
+// racing for the key itself), so the grant must be adopted, ahead of it.
+func TestSupersededGrantGoesToRetryWhenDriven(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		srv := testsrv.NATS(t, "")
+		f, st := newFaultyStore(b.newStore(t, srv.ClientURL()), false)
+		svc := startInstance(t, srv.ClientURL(), st, service.Config{})
+		nc := testsrv.Connect(t, srv)
+		key := "superseded.driven." + client.NewLockID()
+		held, _, _ := raw(t, nc, "lock.acquire."+key, `{"ttl_ms":60000}`)
+
+		id := client.NewLockID()
+		first, _ := nc.SubscribeSync(nats.NewInbox())
+		other, _ := nc.SubscribeSync(nats.NewInbox())
+		retry, _ := nc.SubscribeSync(nats.NewInbox())
+		body := fmt.Sprintf(`{"wait_ms":20000,"lock_id":%q}`, id)
+		nc.PublishRequest("lock.acquire."+key, first.Subject, []byte(body))
+		waitParked(t, svc, 1)
+		nc.PublishRequest("lock.acquire."+key, other.Subject, []byte(`{"wait_ms":20000,"owner":"other"}`))
+		waitParked(t, svc, 2)
+
+		gate := f.gate(id)
+		var once sync.Once
+		open := func() { once.Do(func() { close(gate) }) }
+		t.Cleanup(open)
+		if r, _, _ := raw(t, nc, "lock.release."+key, fmt.Sprintf(`{"lock_id":%q}`, held["lock_id"])); r["released"] != true {
+			t.Fatalf("release = %v", r)
+		}
+		select {
+		case <-f.entered: // the driver's acquire for id is in flight
+		case <-time.After(10 * time.Second):
+			t.Fatal("the release did not wake the driver for the parked request")
+		}
+		nc.PublishRequest("lock.acquire."+key, retry.Subject, []byte(body))
+		if got, code := nextAnswer(t, first, "superseded request"); code != "" || got.Acquired {
+			t.Fatalf("superseded request answered %+v code %q, want not acquired", got, code)
+		}
+		waitParked(t, svc, 2) // other, then the retry
+		open()
+
+		got, code := nextAnswer(t, retry, "retry")
+		if code != "" || !got.Acquired || got.LockID != id {
+			t.Fatalf("retry answered %+v code %q, want the grant for %s", got, code, id)
+		}
+		info, _, _ := raw(t, nc, "lock.get."+key, `{}`)
+		if info["locked"] != true || uint64(info["token"].(float64)) != got.Token {
+			t.Fatalf("get = %v, want locked with the retry's token %d", info, got.Token)
+		}
+	})
+}
+
 // TestStoreErrorKeepsQueueMoving: when the store fails the attempt for the
 // first parked request, that request gets the error and the next one is
 // tried at once (the key may well be free), not left parked until its wait
