@@ -51,6 +51,7 @@ import (
 	"github.com/nats-io/nuid"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/lockservice/lockservice/internal/mpcheck"
 	"github.com/lockservice/lockservice/store"
 )
 
@@ -301,13 +302,17 @@ func encodeRecord(rec record) string {
 
 // recordOf reads a lease record from the Lockservice-Lease header or, as
 // earlier versions wrote it, from the body.
+//
+// The stream is writable by anyone allowed to publish to the bucket, so the
+// record is checked first: msgpack allocates a []byte of whatever length it
+// declares.
 func recordOf(hdr nats.Header, data []byte) (record, bool) {
 	var rec record
 	if v := hdr.Get(leaseHeader); v != "" {
 		b, err := base64.RawStdEncoding.DecodeString(v)
-		return rec, err == nil && msgpack.Unmarshal(b, &rec) == nil
+		return rec, err == nil && mpcheck.Check(b) == nil && msgpack.Unmarshal(b, &rec) == nil
 	}
-	return rec, len(data) > 0 && msgpack.Unmarshal(data, &rec) == nil
+	return rec, len(data) > 0 && mpcheck.Check(data) == nil && msgpack.Unmarshal(data, &rec) == nil
 }
 
 // removal reports whether a message removes its subject's value: a delete,

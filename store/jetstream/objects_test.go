@@ -3,6 +3,7 @@ package jetstream
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -190,6 +191,18 @@ func TestRecordInBody(t *testing.T) {
 	st = parse(11, nats.Header{leaseHeader: {encodeRecord(rec)}}, nil, time.Now())
 	if !st.held || st.token != 7 || st.rec.Owner != "o" {
 		t.Fatalf("header record parsed as %+v", st)
+	}
+	// A record written by hand that declares a 4 GiB holder: not ours,
+	// and nothing allocated from the declared length.
+	var ms1, ms2 runtime.MemStats
+	runtime.ReadMemStats(&ms1)
+	st = parse(12, nats.Header{}, []byte("\x81\xa1h\xc6\xff\xff\xff\xf0"), time.Now())
+	runtime.ReadMemStats(&ms2)
+	if !st.held || st.token != 12 {
+		t.Fatalf("a malformed record parsed as %+v, want held by an unknown holder", st)
+	}
+	if got := ms2.TotalAlloc - ms1.TotalAlloc; got > 64<<10 {
+		t.Fatalf("parsing a malformed 8-byte record allocated %d bytes", got)
 	}
 }
 
