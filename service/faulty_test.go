@@ -41,12 +41,27 @@ func newFaultyStore(st store.Store, transfer bool) (*faultyStore, store.Store) {
 	return f, f
 }
 
-func (f *faultyStore) gate(lockID string) chan struct{} {
+// gate holds the next call for lockID until the returned func is called
+// (at the latest when the test ends, so no store call stays blocked).
+func (f *faultyStore) gate(t *testing.T, lockID string) (open func()) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	g := make(chan struct{})
 	f.gates[lockID] = g
-	return g
+	var once sync.Once
+	open = func() { once.Do(func() { close(g) }) }
+	t.Cleanup(open)
+	return open
+}
+
+// awaitGated waits until a call has reached a gate.
+func (f *faultyStore) awaitGated(t *testing.T, what string) {
+	t.Helper()
+	select {
+	case <-f.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal(what)
+	}
 }
 
 func (f *faultyStore) failNext(lockID string, err error) {
@@ -124,17 +139,11 @@ func TestSupersededGrantGoesToRetry(t *testing.T) {
 		nc.PublishRequest("lock.acquire."+key, first.Subject, []byte(body))
 		waitParked(t, svc, 1)
 
-		gate := f.gate(id)
-		var once sync.Once
-		open := func() { once.Do(func() { close(gate) }) }
-		t.Cleanup(open) // never leave a store call blocked
+		open := f.gate(t, id)
 		rel, _ := nc.SubscribeSync(nats.NewInbox())
 		nc.PublishRequest("lock.release."+key, rel.Subject, []byte(fmt.Sprintf(`{"lock_id":%q}`, held["lock_id"])))
-		select {
-		case <-f.entered: // the hand-over to id is in flight
-		case <-time.After(10 * time.Second):
-			t.Fatal("the release did not hand the lock to the parked request")
-		}
+		// The hand-over to id is in flight.
+		f.awaitGated(t, "the release did not hand the lock to the parked request")
 
 		nc.PublishRequest("lock.acquire."+key, retry.Subject, []byte(body))
 		if got, code := nextAnswer(t, first, "superseded request"); code != "" || got.Acquired {
@@ -181,18 +190,12 @@ func TestSupersededGrantGoesToRetryWhenDriven(t *testing.T) {
 		nc.PublishRequest("lock.acquire."+key, other.Subject, []byte(`{"wait_ms":20000,"owner":"other"}`))
 		waitParked(t, svc, 2)
 
-		gate := f.gate(id)
-		var once sync.Once
-		open := func() { once.Do(func() { close(gate) }) }
-		t.Cleanup(open)
+		open := f.gate(t, id)
 		if r, _, _ := raw(t, nc, "lock.release."+key, fmt.Sprintf(`{"lock_id":%q}`, held["lock_id"])); r["released"] != true {
 			t.Fatalf("release = %v", r)
 		}
-		select {
-		case <-f.entered: // the driver's acquire for id is in flight
-		case <-time.After(10 * time.Second):
-			t.Fatal("the release did not wake the driver for the parked request")
-		}
+		// The driver's acquire for id is in flight.
+		f.awaitGated(t, "the release did not wake the driver for the parked request")
 		nc.PublishRequest("lock.acquire."+key, retry.Subject, []byte(body))
 		if got, code := nextAnswer(t, first, "superseded request"); code != "" || got.Acquired {
 			t.Fatalf("superseded request answered %+v code %q, want not acquired", got, code)

@@ -295,11 +295,6 @@ func (st lockState) lease() store.Lease {
 	return l
 }
 
-func encodeRecord(rec record) string {
-	b, _ := msgpack.Marshal(rec)
-	return base64.RawStdEncoding.EncodeToString(b)
-}
-
 // recordOf reads a lease record from the Lockservice-Lease header or, as
 // earlier versions wrote it, from the body.
 //
@@ -682,29 +677,32 @@ func unavailable(err error) error {
 	return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
 }
 
-// Lease records go in the header (for the headers-only watcher) and in the
-// body (for instances of earlier versions during a rolling upgrade).
-func (s *Store) leaseMsg(key string, rec record, ttl time.Duration, expect uint64) *nats.Msg {
+// recordMsg is a message on key's lease subject carrying rec in the
+// Lockservice-Lease header (for the headers-only watcher) and in the body
+// (for instances of earlier versions during a rolling upgrade).
+func (s *Store) recordMsg(key string, rec record, hdr nats.Header) *nats.Msg {
 	body, _ := msgpack.Marshal(rec)
-	return &nats.Msg{Subject: s.lockPfx + key, Data: body, Header: nats.Header{
-		leaseHeader:                      {base64.RawStdEncoding.EncodeToString(body)},
-		natsjs.MsgTTLHeader:              {ttlHeader(ttl)},
-		natsjs.ExpectedLastSubjSeqHeader: {strconv.FormatUint(expect, 10)},
-	}}
+	hdr.Set(leaseHeader, base64.RawStdEncoding.EncodeToString(body))
+	return &nats.Msg{Subject: s.lockPfx + key, Data: body, Header: hdr}
 }
 
-// releaseMsg purges the lease, keeping the last lease in the marker body.
+func (s *Store) leaseMsg(key string, rec record, ttl time.Duration, expect uint64) *nats.Msg {
+	return s.recordMsg(key, rec, nats.Header{
+		natsjs.MsgTTLHeader:              {ttlHeader(ttl)},
+		natsjs.ExpectedLastSubjSeqHeader: {strconv.FormatUint(expect, 10)},
+	})
+}
+
+// releaseMsg purges the lease, keeping the last lease in the marker.
 func (s *Store) releaseMsg(key string, st lockState) *nats.Msg {
 	rec := st.rec
 	rec.Token = st.token
-	body, _ := msgpack.Marshal(rec)
-	return &nats.Msg{Subject: s.lockPfx + key, Data: body, Header: nats.Header{
-		leaseHeader:                      {base64.RawStdEncoding.EncodeToString(body)},
+	return s.recordMsg(key, rec, nats.Header{
 		"KV-Operation":                   {"PURGE"},
 		"Nats-Rollup":                    {"sub"},
 		natsjs.MsgTTLHeader:              {s.markTTL},
 		natsjs.ExpectedLastSubjSeqHeader: {strconv.FormatUint(st.seq, 10)},
-	}}
+	})
 }
 
 func (s *Store) objectMsg(key string, u store.Update) *nats.Msg {

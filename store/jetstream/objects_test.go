@@ -251,3 +251,8 @@ func TestObjectBookkeepingErrsTowardsReading(t *testing.T) {
 		t.Error("noObject still trusted after the stream went back")
 	}
 }
+
+// encodeRecord renders rec as the Lockservice-Lease header does.
+func encodeRecord(rec record) string {
+	return (&Store{}).recordMsg("k", rec, nats.Header{}).Header.Get(leaseHeader)
+}
