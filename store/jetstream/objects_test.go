@@ -2,6 +2,7 @@ package jetstream
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"runtime"
 	"testing"
@@ -31,7 +32,7 @@ func waitPos(t *testing.T, s *Store, seq uint64) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		s.mu.Lock()
-		pos := s.pos
+		pos := s.w.pos
 		s.mu.Unlock()
 		if pos >= seq {
 			return
@@ -176,34 +177,65 @@ func TestObjectsWrittenBeforeStart(t *testing.T) {
 	}
 }
 
-// Lease records written by earlier versions in the body still parse.
-func TestRecordInBody(t *testing.T) {
+// Lease records parse only when this store could have written them: a
+// record in the Lockservice-Lease header, a 16-byte holder, a token below the
+// message's own sequence, a server TTL no longer than the bucket's longest
+// lease. Anything else is never a live lease (a client that can publish to
+// the bucket could otherwise lock a key forever or push tokens to 2^64-1).
+func TestParseRejectsRecordsNotWrittenByTheStore(t *testing.T) {
+	now := time.Now()
+	const maxTTL = 10 * time.Minute
 	rec := record{Holder: holderHash("0123456789abcdef"), Owner: "o", Token: 7, TTLms: 1000}
-	body, _ := msgpack.Marshal(rec)
-	st := parse(9, nats.Header{}, body, time.Now())
-	if !st.held || st.token != 7 || !sameHolder(st.rec.Holder, rec.Holder) || st.rec.Owner != "o" {
-		t.Fatalf("body record parsed as %+v", st)
+	lease := func(r record, ttl string) nats.Header {
+		h := nats.Header{leaseHeader: {encodeRecord(r)}}
+		if ttl != "" {
+			h.Set("Nats-TTL", ttl)
+		}
+		return h
 	}
-	st = parse(10, nats.Header{"KV-Operation": {"PURGE"}}, body, time.Now())
-	if st.held || st.token != 7 {
-		t.Fatalf("body release marker parsed as %+v", st)
-	}
-	st = parse(11, nats.Header{leaseHeader: {encodeRecord(rec)}}, nil, time.Now())
-	if !st.held || st.token != 7 || st.rec.Owner != "o" {
+	st := parse(11, lease(rec, "1s"), now, maxTTL)
+	if !st.held || st.token != 7 || st.rec.Owner != "o" || st.ttl != time.Second || !st.exact {
 		t.Fatalf("header record parsed as %+v", st)
 	}
-	// A record written by hand that declares a 4 GiB holder: not ours,
-	// and nothing allocated from the declared length.
+	if st := parse(12, lease(record{Holder: rec.Holder, TTLms: 1000}, "2s"), now, maxTTL); !st.held || st.token != 12 {
+		t.Fatalf("a first grant's record (token 0: its own sequence) parsed as %+v", st)
+	}
+	st = parse(10, nats.Header{"KV-Operation": {"PURGE"}, leaseHeader: {encodeRecord(rec)}}, now, maxTTL)
+	if st.held || st.token != 7 {
+		t.Fatalf("release marker parsed as %+v", st)
+	}
+	body, _ := msgpack.Marshal(rec)
+	for name, h := range map[string]nats.Header{
+		"record only in the body (never released 0.1.0 format)": {"Nats-TTL": {"1s"}},
+		"token 2^64-1":           lease(record{Holder: rec.Holder, Token: 1<<64 - 1, TTLms: 1000}, "1s"),
+		"token equal to its seq": lease(record{Holder: rec.Holder, Token: 20, TTLms: 1000}, "1s"),
+		"no TTL":                 lease(rec, ""),
+		"TTL never":              lease(rec, "never"),
+		"TTL beyond the longest": lease(rec, "11m"),
+		"TTL zero":               lease(rec, "0"),
+		"holder of 3 bytes":      lease(record{Holder: []byte("abc"), TTLms: 1000}, "1s"),
+		"record not base64":      {leaseHeader: {"!!"}, "Nats-TTL": {"1s"}},
+		"record not msgpack":     {leaseHeader: {"AAAA"}, "Nats-TTL": {"1s"}},
+	} {
+		_ = body
+		st := parse(20, h, now, maxTTL)
+		if st.held || st.corrupt == "" {
+			t.Errorf("%s: parsed as %+v, want corrupt and not held", name, st)
+		}
+	}
+	// A record written by hand that declares a 4 GiB holder: corrupt, and
+	// nothing allocated from the declared length.
 	// Averaged over runs: TotalAlloc counts every goroutine's allocations.
+	bomb := nats.Header{leaseHeader: {base64.RawStdEncoding.EncodeToString([]byte("\x81\xa1h\xc6\xff\xff\xff\xf0"))}, "Nats-TTL": {"1s"}}
 	const runs = 20
 	var ms1, ms2 runtime.MemStats
 	runtime.ReadMemStats(&ms1)
 	for range runs {
-		st = parse(12, nats.Header{}, []byte("\x81\xa1h\xc6\xff\xff\xff\xf0"), time.Now())
+		st = parse(12, bomb, now, maxTTL)
 	}
 	runtime.ReadMemStats(&ms2)
-	if !st.held || st.token != 12 {
-		t.Fatalf("a malformed record parsed as %+v, want held by an unknown holder", st)
+	if st.held || st.corrupt == "" {
+		t.Fatalf("a malformed record parsed as %+v, want corrupt", st)
 	}
 	if got := (ms2.TotalAlloc - ms1.TotalAlloc) / runs; got > 256<<10 {
 		t.Fatalf("parsing a malformed 8-byte record allocated %d bytes", got)
@@ -212,30 +244,30 @@ func TestRecordInBody(t *testing.T) {
 
 // The watcher's bookkeeping errs towards reading: a removal older than what
 // it applied keeps the key in the set, a hint the watcher did not apply
-// itself is not trusted, and a stream whose last sequence is below the
-// watcher's position turns skipping off for good.
+// itself is not trusted, and any sign of a break in the watcher's view (here:
+// a connection drop) stops skipping until the watcher is rebuilt.
 func TestObjectBookkeepingErrsTowardsReading(t *testing.T) {
 	srv := testsrv.NATS(t, "")
 	s := newStore(t, srv.ClientURL())
 	const key = "book.k"
 	s.mu.Lock()
-	base := s.pos + 1000
+	base := s.w.pos + 1000
 	apply := func(seq uint64, subj string, hdr nats.Header) {
 		s.applyLocked(seq, subj, hdr, time.Now())
-		if seq > s.pos {
-			s.pos = seq
+		if seq > s.w.pos {
+			s.w.pos = seq
 		}
 	}
 	apply(base+10, s.objPfx+key, nats.Header{})
 	apply(base+5, s.objPfx+key, nats.Header{"KV-Operation": {"PURGE"}}) // late, out of order
-	_, has := s.objs[key]
+	_, has := s.w.objs[key]
 	if !has {
 		t.Error("an out-of-order removal dropped a key whose later write was applied")
 	}
 	apply(base+11, s.objPfx+key, nats.Header{"KV-Operation": {"PURGE"}})
 	// A free lease message set by the store itself, not seen by the watcher.
 	s.setHintLocked(key, lockState{seq: base + 12})
-	s.pos = base + 12
+	s.w.pos = base + 12
 	s.mu.Unlock()
 	if s.noObject(key, base+12) {
 		t.Error("noObject trusted a hint the watcher never applied")
@@ -246,9 +278,12 @@ func TestObjectBookkeepingErrsTowardsReading(t *testing.T) {
 	if !s.noObject(key, base+12) {
 		t.Fatal("noObject = false for a key with no object after the watcher applied its release")
 	}
-	s.checkStreamWentBack() // the stream's last sequence is far below base
+	s.mu.Lock()
+	s.w.rebuild = make(chan struct{}, 1) // keep the rebuilder from replacing the state under test
+	s.mu.Unlock()
+	s.suspect(0)
 	if s.noObject(key, base+12) {
-		t.Error("noObject still trusted after the stream went back")
+		t.Error("noObject still trusted after a break in the watcher's view")
 	}
 }
 

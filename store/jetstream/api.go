@@ -1,0 +1,169 @@
+package jetstream
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	natsjs "github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/lockservice/lockservice/store"
+)
+
+// getLast reads subject's last message from the stream leader; nil, nil
+// when the subject has none.
+func (s *Store) getLast(ctx context.Context, subject string) (*natsjs.RawStreamMsg, error) {
+	m, err := s.str.GetLastMsgForSubject(ctx, subject)
+	switch {
+	case errors.Is(err, natsjs.ErrMsgNotFound):
+		return nil, nil
+	case err != nil:
+		return nil, unavailable(err)
+	}
+	if m.Header == nil {
+		m.Header = nats.Header{}
+	}
+	return m, nil
+}
+
+// errWrongSeq marks a failed compare-and-set.
+var errWrongSeq = errors.New("jetstream: wrong last sequence")
+
+// pubAck is JetStream's publish ack with the batch fields that
+// natsjs.PubAck lacks.
+type pubAck struct {
+	Stream   string           `json:"stream"`
+	Sequence uint64           `json:"seq"`
+	Batch    string           `json:"batch"`
+	Count    int              `json:"count"`
+	Error    *natsjs.APIError `json:"error"`
+}
+
+// publish sends m as a request and decodes the JetStream ack.
+func (s *Store) publish(ctx context.Context, m *nats.Msg) (pubAck, error) {
+	resp, err := s.nc.RequestMsgWithContext(ctx, m)
+	if err != nil {
+		return pubAck{}, unavailable(err)
+	}
+	var ack pubAck
+	if err := json.Unmarshal(resp.Data, &ack); err != nil {
+		return pubAck{}, fmt.Errorf("jetstream: publish %s: bad ack %q: %w", m.Subject, resp.Data, err)
+	}
+	if ack.Error != nil {
+		switch ack.Error.ErrorCode {
+		case natsjs.JSErrCodeStreamWrongLastSequence, natsjs.JSErrCodeStreamWrongLastSequenceConstant:
+			return ack, errWrongSeq
+		case natsjs.JSErrCodeStreamMessageExceedsMaximum:
+			return ack, fmt.Errorf("%w: %s", store.ErrInvalid, ack.Error.Description)
+		}
+		return ack, ack.Error
+	}
+	return ack, nil
+}
+
+// batch publishes msgs as one atomic batch: all applied or none.
+func (s *Store) batch(ctx context.Context, msgs ...*nats.Msg) (pubAck, error) {
+	id := nuid.Next()
+	for i, m := range msgs {
+		m.Header.Set("Nats-Batch-Id", id)
+		m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(i+1))
+		if i < len(msgs)-1 {
+			if err := s.nc.PublishMsg(m); err != nil {
+				return pubAck{}, unavailable(err)
+			}
+		}
+	}
+	last := msgs[len(msgs)-1]
+	last.Header.Set("Nats-Batch-Commit", "1")
+	ack, err := s.publish(ctx, last)
+	if err != nil {
+		return ack, err
+	}
+	if ack.Batch != id || ack.Count != len(msgs) {
+		// The server applied the messages one by one: the guarantee is gone.
+		return ack, fmt.Errorf("%w: batch ack %+v", ErrAtomicPublishUnsupported, ack)
+	}
+	return ack, nil
+}
+
+func unavailable(err error) error {
+	if errors.Is(err, context.Canceled) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+}
+
+// recordMsg is a message on key's lease subject carrying rec in the
+// Lockservice-Lease header.
+func (s *Store) recordMsg(key string, rec record, hdr nats.Header) *nats.Msg {
+	body, _ := msgpack.Marshal(rec)
+	hdr.Set(leaseHeader, base64.RawStdEncoding.EncodeToString(body))
+	return &nats.Msg{Subject: s.lockPfx + key, Header: hdr}
+}
+
+func (s *Store) leaseMsg(key string, rec record, ttl time.Duration, expect uint64) *nats.Msg {
+	return s.recordMsg(key, rec, nats.Header{
+		natsjs.MsgTTLHeader:              {ttlHeader(ttl)},
+		natsjs.ExpectedLastSubjSeqHeader: {strconv.FormatUint(expect, 10)},
+	})
+}
+
+// releaseMsg purges the lease at st, keeping the last lease in the marker.
+// The marker lives for the bucket's marker TTL, which is at least the
+// longest lease: see Config.MarkerTTL for why it must outlive the lease it
+// ends.
+func (s *Store) releaseMsg(key string, st lockState) *nats.Msg {
+	rec := st.rec
+	rec.Token = st.token
+	return s.recordMsg(key, rec, nats.Header{
+		"KV-Operation":                   {"PURGE"},
+		"Nats-Rollup":                    {"sub"},
+		natsjs.MsgTTLHeader:              {s.markTTL},
+		natsjs.ExpectedLastSubjSeqHeader: {strconv.FormatUint(st.seq, 10)},
+	})
+}
+
+// objectMsg applies u to key's state object. A delete leaves a marker with
+// no TTL: a state object's subject never becomes empty after a delete, so a
+// file store that loses removals in a crash cannot bring the deleted value
+// back (see docs/STORES.md).
+func (s *Store) objectMsg(key string, u store.Update) *nats.Msg {
+	m := &nats.Msg{Subject: s.objPfx + key, Header: nats.Header{}}
+	if u.Op == store.Delete {
+		m.Header.Set("KV-Operation", "PURGE")
+		m.Header.Set("Nats-Rollup", "sub")
+		return m
+	}
+	m.Data = u.Value
+	if s.objTTL != "" {
+		m.Header.Set(natsjs.MsgTTLHeader, s.objTTL)
+	}
+	return m
+}
+
+func (s *Store) checkValue(u store.Update) error {
+	if u.Op == store.Set && u.Value == nil {
+		return fmt.Errorf("%w: Set needs a non-nil value", store.ErrInvalid)
+	}
+	if len(u.Value) > s.cfg.MaxValueBytes {
+		return fmt.Errorf("%w: value is %d bytes, the limit is %d", store.ErrInvalid, len(u.Value), s.cfg.MaxValueBytes)
+	}
+	return nil
+}
+
+func (s *Store) checkTTL(ttl time.Duration) error {
+	if ttl <= 0 {
+		return fmt.Errorf("%w: TTL must be positive", store.ErrInvalid)
+	}
+	if ttlSeconds(ttl) > s.cfg.MarkerTTL {
+		return fmt.Errorf("%w: TTL %s is longer than the bucket's longest lease %s (its marker TTL; raise --marker-ttl)", store.ErrInvalid, ttl, s.cfg.MarkerTTL)
+	}
+	return nil
+}

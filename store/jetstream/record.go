@@ -1,0 +1,182 @@
+package jetstream
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	natsjs "github.com/nats-io/nats.go/jetstream"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/lockservice/lockservice/internal/mpcheck"
+	"github.com/lockservice/lockservice/store"
+)
+
+// leaseHeader carries a lease record: base64 (std, unpadded) of msgpack. The
+// record travels only in this header, so the headers-only watcher sees it.
+const leaseHeader = "Lockservice-Lease"
+
+// reasonHeader marks a release message written by a store because the lease
+// had ended by the server's clock but was still in the stream (see reap).
+const (
+	reasonHeader  = "Lockservice-Reason"
+	reasonExpired = "expired"
+)
+
+// record is the lease record of a lease message (and of a release marker).
+type record struct {
+	Holder []byte `msgpack:"h"`           // sha256(lock id)[:16]
+	Owner  string `msgpack:"o,omitempty"` // label
+	Token  uint64 `msgpack:"t,omitempty"` // 0: this message's own sequence
+	TTLms  int64  `msgpack:"l"`           // lease length granted
+}
+
+// lockState is what a lease subject's last message says.
+type lockState struct {
+	seq   uint64 // last sequence of the subject; 0 = no message
+	held  bool   // a lease message, not a removal (it may still have ended: see live)
+	rec   record
+	token uint64
+	// stored is the server's time when the message was stored: exact
+	// when read from the server (exact), a lower bound when the store set
+	// it from its own publish (the server's time before sending, by the
+	// clock estimate; zero without one). Only an exact time can show that
+	// a lease has ended.
+	stored  time.Time
+	exact   bool
+	ttl     time.Duration // the message's Nats-TTL: the server ends the lease at stored+ttl
+	expires time.Time     // informational end for callers (Lease.ExpiresAt)
+	// corrupt: a lease message whose record cannot be a lease this store
+	// wrote (no TTL, unreadable record, token beyond its own sequence). It
+	// is never treated as a live lease: an acquire replaces it.
+	corrupt string
+	// watched: the watcher applied this very message (not only the
+	// store's own publish or read), so it applied every earlier one.
+	watched bool
+}
+
+// end is when the server ends the lease, by the server's clock.
+func (st lockState) end() time.Time { return st.stored.Add(st.ttl) }
+
+func holderHash(lockID string) []byte {
+	h := sha256.Sum256([]byte(lockID))
+	return h[:16]
+}
+
+func sameHolder(a, b []byte) bool { return len(a) == 16 && string(a) == string(b) }
+
+// ttlHeader renders d for Nats-TTL, rounded up to whole seconds, so the
+// server never expires anything before d has passed.
+func ttlHeader(d time.Duration) string {
+	return strconv.FormatInt(int64(ttlSeconds(d)/time.Second), 10) + "s"
+}
+
+// ttlSeconds is d rounded up to whole seconds, at least one: the TTL the
+// server applies.
+func ttlSeconds(d time.Duration) time.Duration {
+	secs := (d + time.Second - 1) / time.Second
+	if secs < 1 {
+		secs = 1
+	}
+	return secs * time.Second
+}
+
+// parseTTL reads a Nats-TTL header as the server does ("30s", "1m", or bare
+// seconds). "never", a missing header and anything unreadable are not a
+// lease TTL.
+func parseTTL(v string) (time.Duration, bool) {
+	if v == "" || strings.EqualFold(v, "never") {
+		return 0, false
+	}
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+		return time.Duration(n) * time.Second, n > 0 && n < 1<<33
+	}
+	d, err := time.ParseDuration(v)
+	return d, err == nil && d >= time.Second
+}
+
+func (st lockState) lease() store.Lease {
+	l := store.Lease{Token: st.token, TTL: time.Duration(st.rec.TTLms) * time.Millisecond, Owner: st.rec.Owner}
+	if st.held {
+		l.ExpiresAt = st.expires
+	}
+	return l
+}
+
+// recordOf reads the lease record of the Lockservice-Lease header.
+//
+// The stream is writable by anyone allowed to publish to the bucket, so the
+// record is checked first: msgpack allocates a []byte of whatever length it
+// declares.
+func recordOf(hdr nats.Header) (record, bool) {
+	var rec record
+	v := hdr.Get(leaseHeader)
+	if v == "" {
+		return rec, false
+	}
+	b, err := base64.RawStdEncoding.DecodeString(v)
+	return rec, err == nil && mpcheck.Check(b) == nil && msgpack.Unmarshal(b, &rec) == nil
+}
+
+// removal reports whether a message removes its subject's value: a delete,
+// a purge or a server marker (TTL expiry, max age, purge).
+func removal(hdr nats.Header) bool {
+	op := hdr.Get("KV-Operation")
+	return op == "DEL" || op == "PURGE" || hdr.Get(natsjs.MarkerReasonHeader) != ""
+}
+
+// expiredMarker reports whether a removal says the lease ran out (the
+// server's limit marker, or a store's reap) rather than a release.
+func expiredMarker(hdr nats.Header) bool {
+	return hdr.Get(natsjs.MarkerReasonHeader) != "" || hdr.Get(reasonHeader) == reasonExpired
+}
+
+// parse interprets the last message of a lease subject at sequence seq,
+// stored by the server at stored.
+//
+// A lease message is held only if its record is one this store could have
+// written: a 16-byte holder, a token below the message's own sequence (a
+// refresh carries an earlier one forward) or 0 (the sequence itself), and a
+// server TTL no longer than the bucket's longest lease.
+// Anything else is corrupt, never a live lease: a client that can publish to
+// the bucket could otherwise lock a key forever or push tokens to 2^64-1.
+func parse(seq uint64, hdr nats.Header, stored time.Time, maxTTL time.Duration) lockState {
+	st := lockState{seq: seq, stored: stored, exact: !stored.IsZero()}
+	if removal(hdr) {
+		// Free. A release marker carries the last lease for get.
+		if rec, ok := recordOf(hdr); ok && rec.Token <= seq {
+			st.rec = rec
+			st.token = rec.Token
+		}
+		return st
+	}
+	rec, ok := recordOf(hdr)
+	ttl, tok := parseTTL(hdr.Get(natsjs.MsgTTLHeader))
+	switch {
+	case !ok:
+		st.corrupt = "no readable lease record"
+	case len(rec.Holder) != 16:
+		st.corrupt = "lease record without a 16-byte holder"
+	case rec.Token >= seq && rec.Token != 0:
+		st.corrupt = "lease record with token " + strconv.FormatUint(rec.Token, 10) + " not below its own sequence"
+	case !tok:
+		st.corrupt = "lease message without a server TTL (Nats-TTL " + strconv.Quote(hdr.Get(natsjs.MsgTTLHeader)) + ")"
+	case ttl > maxTTL:
+		st.corrupt = "lease TTL " + ttl.String() + " beyond the bucket's longest lease " + maxTTL.String()
+	case stored.IsZero():
+		st.corrupt = "lease message without a stored time"
+	}
+	if st.corrupt != "" {
+		return st
+	}
+	st.rec, st.held, st.ttl = rec, true, ttl
+	st.expires = stored.Add(time.Duration(rec.TTLms) * time.Millisecond)
+	st.token = rec.Token
+	if st.token == 0 {
+		st.token = seq
+	}
+	return st
+}
