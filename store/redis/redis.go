@@ -17,10 +17,11 @@
 //     with PEXPIRE ObjectTTL after each write when ObjectTTL is set, and no
 //     expiry otherwise.
 //
-// Each operation is one Lua script (acquire.lua, refresh.lua, release.lua,
-// write.lua, get.lua, embedded in the binary) run with EVALSHA, which falls
-// back to EVAL when the server does not have it cached: one round trip per
-// call, atomic on the server, with every key passed in KEYS.
+// Each operation is one Lua script (acquire.lua, refresh.lua, update.lua
+// for Release and Write, get.lua, transfer.lua, embedded in the binary;
+// steps.lua holds the steps several of them share) run with EVALSHA, which
+// falls back to EVAL when the server does not have it cached: one round
+// trip per call, atomic on the server, with every key passed in KEYS.
 //
 // # Tokens
 //
@@ -99,26 +100,32 @@ const (
 var ErrNotReplicated = fmt.Errorf("redis: write not acknowledged by enough replicas (%w)", store.ErrUnavailable)
 
 var (
+	//go:embed steps.lua
+	stepsSrc string
 	//go:embed acquire.lua
 	acquireSrc string
 	//go:embed refresh.lua
 	refreshSrc string
-	//go:embed release.lua
-	releaseSrc string
-	//go:embed write.lua
-	writeSrc string
+	//go:embed update.lua
+	updateSrc string
 	//go:embed get.lua
 	getSrc string
 	//go:embed transfer.lua
 	transferSrc string
 
-	acquireScript  = goredis.NewScript(acquireSrc)
+	acquireScript  = goredis.NewScript(withSteps(acquireSrc))
 	refreshScript  = goredis.NewScript(refreshSrc)
-	releaseScript  = goredis.NewScript(releaseSrc)
-	writeScript    = goredis.NewScript(writeSrc)
+	updateScript   = goredis.NewScript(withSteps(updateSrc))
 	getScript      = goredis.NewScript(getSrc)
-	transferScript = goredis.NewScript(transferSrc)
+	transferScript = goredis.NewScript(withSteps(transferSrc))
 )
+
+// withSteps inserts steps.lua after the first line of src, its #!lua
+// shebang, which Redis reads only on the first line.
+func withSteps(src string) string {
+	shebang, body, _ := strings.Cut(src, "\n")
+	return shebang + "\n" + stepsSrc + body
+}
 
 // Store is the Redis store. Create it with New; it is safe for concurrent
 // use.
@@ -184,7 +191,7 @@ func New(ctx context.Context, rdb goredis.UniversalClient, cfg Config) (*Store, 
 		}
 		return nil, fmt.Errorf("%w: redis at %s does not answer PING: %w", store.ErrUnavailable, addrOf(rdb), err)
 	}
-	for _, sc := range []*goredis.Script{acquireScript, refreshScript, releaseScript, writeScript, getScript, transferScript} {
+	for _, sc := range []*goredis.Script{acquireScript, refreshScript, updateScript, getScript, transferScript} {
 		if err := sc.Load(ctx, rdb).Err(); err != nil {
 			if errors.Is(err, context.Canceled) {
 				return nil, err
@@ -518,16 +525,18 @@ func (s *Store) Refresh(ctx context.Context, key, lockID string, ttl time.Durati
 // contacting Redis); errors wrapping store.ErrUnavailable when Redis cannot
 // serve.
 func (s *Store) Release(ctx context.Context, key, lockID string, u store.Update) error {
-	return s.update(ctx, releaseScript, key, lockID, u, true)
+	return s.update(ctx, key, lockID, u, "release", true)
 }
 
 // Write applies u to key's state object while lockID keeps its lease. It
 // returns the same errors as Release.
 func (s *Store) Write(ctx context.Context, key, lockID string, u store.Update) error {
-	return s.update(ctx, writeScript, key, lockID, u, u.Op != store.Keep)
+	return s.update(ctx, key, lockID, u, "write", u.Op != store.Keep)
 }
 
-func (s *Store) update(ctx context.Context, sc *goredis.Script, key, lockID string, u store.Update, writes bool) error {
+// update runs update.lua; mode is "release" or "write", writes whether a
+// successful run changes data (and so waits for replicas).
+func (s *Store) update(ctx context.Context, key, lockID string, u store.Update, mode string, writes bool) error {
 	if err := checkKey(key); err != nil {
 		return err
 	}
@@ -540,7 +549,7 @@ func (s *Store) update(ctx context.Context, sc *goredis.Script, key, lockID stri
 	if !writes {
 		wrote = func(any) bool { return false }
 	}
-	raw, err := s.run(ctx, sc, wrote, []string{lock, obj}, holder(lockID), op, value, s.objTTLms)
+	raw, err := s.run(ctx, updateScript, wrote, []string{lock, obj}, holder(lockID), op, value, s.objTTLms, mode)
 	if err != nil {
 		return err
 	}
