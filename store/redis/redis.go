@@ -29,10 +29,12 @@
 // strictly increasing per key as long as the counter survives. It can go
 // backwards when the counter loses writes: a failover to a replica that had
 // not received the last INCR (replication is asynchronous), a restart
-// without persistence or from an older snapshot, or someone deleting the
-// fence key (DEL, FLUSHALL). Run Redis with appendonly yes and appendfsync
-// always, and set Config.Replicas so a grant is reported only after replicas
-// have it; where tokens must never repeat, use the JetStream store.
+// without persistence or from an older snapshot, eviction of the counter
+// (allkeys-* policies; New refuses them unless Config.AllowEviction), or
+// someone deleting the fence key (DEL, FLUSHALL). Run Redis with
+// maxmemory-policy noeviction, appendonly yes and appendfsync always, and
+// set Config.Replicas so a grant is reported only after replicas have it;
+// where tokens must never repeat, use the JetStream store.
 //
 // # Guarantees
 //
@@ -57,6 +59,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -85,6 +88,15 @@ type Config struct {
 	Replicas int
 	// ReplicaTimeout bounds the wait for replicas; default 1s.
 	ReplicaTimeout time.Duration
+	// AllowEviction lets New start on a Redis whose maxmemory-policy is
+	// not noeviction, or whose policy it cannot read because CONFIG GET is
+	// refused (as on many managed Redis services). Eviction breaks the
+	// locks when memory fills: a volatile-* policy evicts live leases (a
+	// second holder is granted), an allkeys-* policy also fence counters
+	// (tokens start again at 1). Set it only for a Redis that never fills
+	// or when losing locks is acceptable; New then reports the risk in
+	// Warnings.
+	AllowEviction bool
 }
 
 const (
@@ -134,6 +146,7 @@ type Store struct {
 	cfg      Config
 	objTTLms string // ARGV for the object TTL, "0" for none
 	mark     string // acquire.lua ARGV[4]
+	warnings []string
 }
 
 var (
@@ -141,10 +154,16 @@ var (
 	_ store.Transferrer = (*Store)(nil)
 )
 
-// New checks that Redis answers PING and loads the scripts. It returns an
-// error wrapping store.ErrUnavailable, naming the address, when Redis cannot
-// be reached, and a plain error for an invalid Config. rdb stays the
-// caller's: Close does not close it.
+// New checks that Redis answers PING, checks the settings the store's
+// guarantees rest on and loads the scripts. On every node that takes
+// writes (the server, a Sentinel client's master, each Cluster master, each
+// Ring shard) it reads maxmemory-policy, appendonly and save with CONFIG
+// GET: a policy other than noeviction, or a refused CONFIG GET, fails New
+// with an error wrapping ErrEvictionPolicy unless Config.AllowEviction is
+// set; a node without persistence (or with RDB snapshots only) is reported
+// in Warnings. New returns an error wrapping store.ErrUnavailable, naming
+// the address, when Redis cannot be reached, and a plain error for an
+// invalid Config. rdb stays the caller's: Close does not close it.
 func New(ctx context.Context, rdb goredis.UniversalClient, cfg Config) (*Store, error) {
 	if rdb == nil {
 		return nil, errors.New("redis: nil client")
@@ -191,6 +210,11 @@ func New(ctx context.Context, rdb goredis.UniversalClient, cfg Config) (*Store, 
 		}
 		return nil, fmt.Errorf("%w: redis at %s does not answer PING: %w", store.ErrUnavailable, addrOf(rdb), err)
 	}
+	warnings, err := s.checkServer(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.warnings = warnings
 	for _, sc := range []*goredis.Script{acquireScript, refreshScript, updateScript, getScript, transferScript} {
 		if err := sc.Load(ctx, rdb).Err(); err != nil {
 			if errors.Is(err, context.Canceled) {
@@ -205,6 +229,14 @@ func New(ctx context.Context, rdb goredis.UniversalClient, cfg Config) (*Store, 
 	}
 	return s, nil
 }
+
+// Warnings returns the risks New found in the server's settings and let
+// through, one sentence each naming the node and the setting to change:
+// no persistence (a restart empties Redis and tokens start again at 1),
+// RDB snapshots only, and, with Config.AllowEviction, an eviction policy
+// other than noeviction or settings New could not read. Print them where
+// operators look. It returns nil when there is nothing to report.
+func (s *Store) Warnings() []string { return slices.Clone(s.warnings) }
 
 // Close does nothing: the store holds no resources of its own, and the
 // client stays the caller's.
