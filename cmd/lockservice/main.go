@@ -51,6 +51,7 @@ type config struct {
 	replicas                                    int
 	redisURL, redisMode                         string
 	redisReplicas                               int
+	redisAllowEviction                          bool
 	objectTTL                                   time.Duration
 	svc                                         service.Config
 }
@@ -82,6 +83,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.redisURL, "redis-url", "redis://127.0.0.1:6379/0", "redis: URL, redis:// or rediss:// (TLS), with user:password@ if needed")
 	fs.StringVar(&c.redisMode, "redis-mode", "single", "redis: single, cluster (more nodes as &addr=host:port) or sentinel (?master_name=...&addr=...)")
 	fs.IntVar(&c.redisReplicas, "redis-replicas", 0, "redis: replicas each write must reach (WAIT) before it is acknowledged")
+	fs.BoolVar(&c.redisAllowEviction, "redis-allow-eviction", false, "redis: start even if maxmemory-policy is not noeviction or cannot be read (evicted leases mean two holders, evicted fence counters repeated tokens)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -117,9 +119,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer rdb.Close()
-		rs, err := redisstore.New(setupCtx, rdb, redisstore.Config{ObjectTTL: c.objectTTL, Replicas: c.redisReplicas})
+		rs, err := redisstore.New(setupCtx, rdb, redisstore.Config{ObjectTTL: c.objectTTL, Replicas: c.redisReplicas, AllowEviction: c.redisAllowEviction})
+		if errors.Is(err, redisstore.ErrEvictionPolicy) {
+			return fmt.Errorf("redis at %s: %w (Config.AllowEviction is the flag --redis-allow-eviction)", redactURL(c.redisURL), err)
+		}
 		if err != nil {
 			return fmt.Errorf("redis at %s: %w", redactURL(c.redisURL), err)
+		}
+		for _, w := range rs.Warnings() {
+			fmt.Fprintln(stderr, "lockservice: warning:", w)
 		}
 		st, closeStore = rs, func() { rs.Close() }
 		defer closeStore()

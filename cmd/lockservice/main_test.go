@@ -165,6 +165,10 @@ func TestRunRedis(t *testing.T) {
 		errc <- run(ctx, []string{"--store", "redis", "--redis-url", "redis://" + r.Addr + "/0", "--port", strconv.Itoa(port), "--data-dir", t.TempDir()}, &out, &errOut)
 	}()
 	waitFor(t, &out, "store redis at redis://"+r.Addr, errc)
+	// The test server has no persistence: the operator is told.
+	if !strings.Contains(errOut.String(), "lockservice: warning: redis at "+r.Addr+" has no persistence") {
+		t.Errorf("stderr = %q, want the no-persistence warning", errOut.String())
+	}
 	nc, err := nats.Connect("nats://127.0.0.1:" + strconv.Itoa(port))
 	if err != nil {
 		t.Fatal(err)
@@ -191,5 +195,30 @@ func TestRunRedis(t *testing.T) {
 	cancel()
 	if err := <-errc; err != nil {
 		t.Errorf("run = %v", err)
+	}
+}
+
+// TestRunRedisEviction: lockservice refuses a Redis that can evict lock
+// keys, says which flag overrides that, and with the flag starts and warns.
+func TestRunRedisEviction(t *testing.T) {
+	r := testsrv.StartRedis(t, "--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru")
+	args := []string{"--store", "redis", "--redis-url", "redis://" + r.Addr + "/0", "--port", strconv.Itoa(testsrv.FreePort(t)), "--data-dir", t.TempDir()}
+	var out, errOut syncBuffer
+	err := run(t.Context(), args, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "allkeys-lru") || !strings.Contains(err.Error(), "--redis-allow-eviction") {
+		t.Fatalf("run on an allkeys-lru Redis = %v, want an error naming the policy and --redis-allow-eviction", err)
+	}
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- run(ctx, append(args, "--redis-allow-eviction"), &out, &errOut) }()
+	waitFor(t, &out, "store redis at redis://"+r.Addr, errc)
+	if !strings.Contains(errOut.String(), "lockservice: warning: redis at "+r.Addr+" has maxmemory-policy allkeys-lru") {
+		t.Errorf("stderr = %q, want a warning about allkeys-lru", errOut.String())
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Errorf("run with --redis-allow-eviction = %v", err)
 	}
 }

@@ -27,12 +27,7 @@ if cur[1] then
   end
   status, token, owner, lease = 2, cur[3] or '0', cur[2] or '', cur[4] or '0'
 else
-  redis.call('INCR', fence)
-  -- Read the counter back as a string: Lua numbers are doubles.
-  token = redis.call('GET', fence)
-  redis.call('DEL', lock) -- drop a malformed hash without a holder
-  redis.call('HSET', lock, 'h', ARGV[1], 'o', ARGV[2], 't', token, 'l', ARGV[3])
-  redis.call('PEXPIRE', lock, ARGV[3])
+  token = grant(lock, fence, ARGV[1], ARGV[2], ARGV[3])
   status, owner, lease = 1, ARGV[2], ARGV[3]
 end
 local pttl = redis.call('PTTL', lock)

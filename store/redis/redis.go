@@ -17,10 +17,11 @@
 //     with PEXPIRE ObjectTTL after each write when ObjectTTL is set, and no
 //     expiry otherwise.
 //
-// Each operation is one Lua script (acquire.lua, refresh.lua, release.lua,
-// write.lua, get.lua, embedded in the binary) run with EVALSHA, which falls
-// back to EVAL when the server does not have it cached: one round trip per
-// call, atomic on the server, with every key passed in KEYS.
+// Each operation is one Lua script (acquire.lua, refresh.lua, update.lua
+// for Release and Write, get.lua, transfer.lua, embedded in the binary;
+// steps.lua holds the steps several of them share) run with EVALSHA, which
+// falls back to EVAL when the server does not have it cached: one round
+// trip per call, atomic on the server, with every key passed in KEYS.
 //
 // # Tokens
 //
@@ -28,10 +29,12 @@
 // strictly increasing per key as long as the counter survives. It can go
 // backwards when the counter loses writes: a failover to a replica that had
 // not received the last INCR (replication is asynchronous), a restart
-// without persistence or from an older snapshot, or someone deleting the
-// fence key (DEL, FLUSHALL). Run Redis with appendonly yes and appendfsync
-// always, and set Config.Replicas so a grant is reported only after replicas
-// have it; where tokens must never repeat, use the JetStream store.
+// without persistence or from an older snapshot, eviction of the counter
+// (allkeys-* policies; New refuses them unless Config.AllowEviction), or
+// someone deleting the fence key (DEL, FLUSHALL). Run Redis with
+// maxmemory-policy noeviction, appendonly yes and appendfsync always, and
+// set Config.Replicas so a grant is reported only after replicas have it;
+// where tokens must never repeat, use the JetStream store.
 //
 // # Guarantees
 //
@@ -56,6 +59,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -84,6 +88,15 @@ type Config struct {
 	Replicas int
 	// ReplicaTimeout bounds the wait for replicas; default 1s.
 	ReplicaTimeout time.Duration
+	// AllowEviction lets New start on a Redis whose maxmemory-policy is
+	// not noeviction, or whose policy it cannot read because CONFIG GET is
+	// refused (as on many managed Redis services). Eviction breaks the
+	// locks when memory fills: a volatile-* policy evicts live leases (a
+	// second holder is granted), an allkeys-* policy also fence counters
+	// (tokens start again at 1). Set it only for a Redis that never fills
+	// or when losing locks is acceptable; New then reports the risk in
+	// Warnings.
+	AllowEviction bool
 }
 
 const (
@@ -99,26 +112,32 @@ const (
 var ErrNotReplicated = fmt.Errorf("redis: write not acknowledged by enough replicas (%w)", store.ErrUnavailable)
 
 var (
+	//go:embed steps.lua
+	stepsSrc string
 	//go:embed acquire.lua
 	acquireSrc string
 	//go:embed refresh.lua
 	refreshSrc string
-	//go:embed release.lua
-	releaseSrc string
-	//go:embed write.lua
-	writeSrc string
+	//go:embed update.lua
+	updateSrc string
 	//go:embed get.lua
 	getSrc string
 	//go:embed transfer.lua
 	transferSrc string
 
-	acquireScript  = goredis.NewScript(acquireSrc)
+	acquireScript  = goredis.NewScript(withSteps(acquireSrc))
 	refreshScript  = goredis.NewScript(refreshSrc)
-	releaseScript  = goredis.NewScript(releaseSrc)
-	writeScript    = goredis.NewScript(writeSrc)
+	updateScript   = goredis.NewScript(withSteps(updateSrc))
 	getScript      = goredis.NewScript(getSrc)
-	transferScript = goredis.NewScript(transferSrc)
+	transferScript = goredis.NewScript(withSteps(transferSrc))
 )
+
+// withSteps inserts steps.lua after the first line of src, its #!lua
+// shebang, which Redis reads only on the first line.
+func withSteps(src string) string {
+	shebang, body, _ := strings.Cut(src, "\n")
+	return shebang + "\n" + stepsSrc + body
+}
 
 // Store is the Redis store. Create it with New; it is safe for concurrent
 // use.
@@ -127,6 +146,7 @@ type Store struct {
 	cfg      Config
 	objTTLms string // ARGV for the object TTL, "0" for none
 	mark     string // acquire.lua ARGV[4]
+	warnings []string
 }
 
 var (
@@ -134,10 +154,16 @@ var (
 	_ store.Transferrer = (*Store)(nil)
 )
 
-// New checks that Redis answers PING and loads the scripts. It returns an
-// error wrapping store.ErrUnavailable, naming the address, when Redis cannot
-// be reached, and a plain error for an invalid Config. rdb stays the
-// caller's: Close does not close it.
+// New checks that Redis answers PING, checks the settings the store's
+// guarantees rest on and loads the scripts. On every node that takes
+// writes (the server, a Sentinel client's master, each Cluster master, each
+// Ring shard) it reads maxmemory-policy, appendonly and save with CONFIG
+// GET: a policy other than noeviction, or a refused CONFIG GET, fails New
+// with an error wrapping ErrEvictionPolicy unless Config.AllowEviction is
+// set; a node without persistence (or with RDB snapshots only) is reported
+// in Warnings. New returns an error wrapping store.ErrUnavailable, naming
+// the address, when Redis cannot be reached, and a plain error for an
+// invalid Config. rdb stays the caller's: Close does not close it.
 func New(ctx context.Context, rdb goredis.UniversalClient, cfg Config) (*Store, error) {
 	if rdb == nil {
 		return nil, errors.New("redis: nil client")
@@ -184,7 +210,12 @@ func New(ctx context.Context, rdb goredis.UniversalClient, cfg Config) (*Store, 
 		}
 		return nil, fmt.Errorf("%w: redis at %s does not answer PING: %w", store.ErrUnavailable, addrOf(rdb), err)
 	}
-	for _, sc := range []*goredis.Script{acquireScript, refreshScript, releaseScript, writeScript, getScript, transferScript} {
+	warnings, err := s.checkServer(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.warnings = warnings
+	for _, sc := range []*goredis.Script{acquireScript, refreshScript, updateScript, getScript, transferScript} {
 		if err := sc.Load(ctx, rdb).Err(); err != nil {
 			if errors.Is(err, context.Canceled) {
 				return nil, err
@@ -198,6 +229,14 @@ func New(ctx context.Context, rdb goredis.UniversalClient, cfg Config) (*Store, 
 	}
 	return s, nil
 }
+
+// Warnings returns the risks New found in the server's settings and let
+// through, one sentence each naming the node and the setting to change:
+// no persistence (a restart empties Redis and tokens start again at 1),
+// RDB snapshots only, and, with Config.AllowEviction, an eviction policy
+// other than noeviction or settings New could not read. Print them where
+// operators look. It returns nil when there is nothing to report.
+func (s *Store) Warnings() []string { return slices.Clone(s.warnings) }
 
 // Close does nothing: the store holds no resources of its own, and the
 // client stays the caller's.
@@ -518,16 +557,18 @@ func (s *Store) Refresh(ctx context.Context, key, lockID string, ttl time.Durati
 // contacting Redis); errors wrapping store.ErrUnavailable when Redis cannot
 // serve.
 func (s *Store) Release(ctx context.Context, key, lockID string, u store.Update) error {
-	return s.update(ctx, releaseScript, key, lockID, u, true)
+	return s.update(ctx, key, lockID, u, "release", true)
 }
 
 // Write applies u to key's state object while lockID keeps its lease. It
 // returns the same errors as Release.
 func (s *Store) Write(ctx context.Context, key, lockID string, u store.Update) error {
-	return s.update(ctx, writeScript, key, lockID, u, u.Op != store.Keep)
+	return s.update(ctx, key, lockID, u, "write", u.Op != store.Keep)
 }
 
-func (s *Store) update(ctx context.Context, sc *goredis.Script, key, lockID string, u store.Update, writes bool) error {
+// update runs update.lua; mode is "release" or "write", writes whether a
+// successful run changes data (and so waits for replicas).
+func (s *Store) update(ctx context.Context, key, lockID string, u store.Update, mode string, writes bool) error {
 	if err := checkKey(key); err != nil {
 		return err
 	}
@@ -540,7 +581,7 @@ func (s *Store) update(ctx context.Context, sc *goredis.Script, key, lockID stri
 	if !writes {
 		wrote = func(any) bool { return false }
 	}
-	raw, err := s.run(ctx, sc, wrote, []string{lock, obj}, holder(lockID), op, value, s.objTTLms)
+	raw, err := s.run(ctx, updateScript, wrote, []string{lock, obj}, holder(lockID), op, value, s.objTTLms, mode)
 	if err != nil {
 		return err
 	}

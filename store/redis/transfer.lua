@@ -15,20 +15,8 @@ local lock, fence, obj = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('HGET', lock, 'h') ~= ARGV[1] then
   return {0}
 end
-if ARGV[2] == 'set' then
-  if ARGV[4] ~= '0' then
-    redis.call('SET', obj, ARGV[3], 'PX', ARGV[4])
-  else
-    redis.call('SET', obj, ARGV[3])
-  end
-elseif ARGV[2] == 'delete' then
-  redis.call('DEL', obj)
-end
-redis.call('INCR', fence)
-local token = redis.call('GET', fence)
-redis.call('DEL', lock)
-redis.call('HSET', lock, 'h', ARGV[5], 'o', ARGV[6], 't', token, 'l', ARGV[7])
-redis.call('PEXPIRE', lock, ARGV[7])
+apply_update(obj, ARGV[2], ARGV[3], ARGV[4])
+local token = grant(lock, fence, ARGV[5], ARGV[6], ARGV[7])
 local pttl = redis.call('PTTL', lock)
 local v = redis.call('GET', obj)
 if v then
