@@ -504,3 +504,92 @@ func TestUpstreamRevive(t *testing.T) {
 		r.observe(S, "none", map[uint64]string{s: "state object S"})
 	})
 }
+
+// TestUpstreamReviveR3: the same released-lease case on an R3 stream (3
+// nats-server processes, sync_interval: always), then kill -9 of every node
+// (the whole cluster crashes) or of one node, and a restart.
+func TestUpstreamReviveR3(t *testing.T) {
+	if !*upstreamRun {
+		t.Skip("nats-server reproducer; run with -upstream")
+	}
+	const L = "kv.l.a"
+	for _, all := range []bool{true, false} {
+		name := "kill-all"
+		if !all {
+			name = "kill-leader"
+		}
+		t.Run(name, func(t *testing.T) {
+			needBinaries(t)
+			procs, addrs := startNATS(t, 3)
+			r := &revRig{t: t, url: natsURL(addrs), t0: time.Now()}
+			r.connect()
+			_, err := r.js.CreateStream(t.Context(), natsjs.StreamConfig{
+				Name: revStream, Subjects: []string{"kv.>", "fill.>"},
+				Storage: natsjs.FileStorage, Replicas: 3,
+				MaxMsgsPerSubject: 1, AllowMsgTTL: true, SubjectDeleteMarkerTTL: time.Second,
+				AllowRollup: true,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := r.lease(L, "lease-A", "600s")
+			r.lease("kv.s.keep", "keep", "")
+			r.purgeMarker(L, "1s")
+			r.fill("fill", 40)
+			r.waitLast(L, 10*time.Second, "marker gone", gone)
+			s, _ := r.js.Stream(t.Context(), revStream)
+			leader := s.CachedInfo().Cluster.Leader
+			r.logf("before kill: last(%s)=%v state %s leader %s", L, r.last(L), r.state(), leader)
+			r.nc.Close()
+			for i, p := range procs {
+				if all || fmt.Sprintf("n%d", i) == leader {
+					r.logf("kill -9 n%d", i)
+					p.Kill()
+				}
+			}
+			time.Sleep(500 * time.Millisecond)
+			for i, p := range procs {
+				if all || fmt.Sprintf("n%d", i) == leader {
+					p.Restart()
+					r.logf("restarted n%d", i)
+					defer func(i int, p *proc) {
+						b, _ := os.ReadFile(p.log.Name())
+						for _, l := range strings.Split(string(b), "\n") {
+							if strings.Contains(l, "REV") && (strings.Contains(l, "WRN") || strings.Contains(l, "snapshot") || strings.Contains(l, "atchup")) {
+								r.logf("n%d log: %s", i, l)
+							}
+						}
+					}(i, p)
+				}
+			}
+			r.connect()
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				s, err := r.js.Stream(t.Context(), revStream)
+				if err == nil && s.CachedInfo().Cluster != nil && s.CachedInfo().Cluster.Leader != "" {
+					r.logf("stream leader %s state %s", s.CachedInfo().Cluster.Leader, r.state())
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no stream leader: %v", err)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			r.observe(L, "none", map[uint64]string{a: "lease A"})
+			if !all {
+				// Make the restarted node the leader and read through it.
+				for i := 0; i < 6; i++ {
+					s, _ := r.js.Stream(t.Context(), revStream)
+					if s.CachedInfo().Cluster.Leader == leader {
+						break
+					}
+					r.nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+revStream, nil, 5*time.Second)
+					time.Sleep(2 * time.Second)
+				}
+				s, _ := r.js.Stream(t.Context(), revStream)
+				r.logf("leader now %s (restarted node %s) state %s", s.CachedInfo().Cluster.Leader, leader, r.state())
+				r.observe(L, "none", map[uint64]string{a: "lease A"})
+			}
+		})
+	}
+}
