@@ -51,7 +51,7 @@ type config struct {
 	replicas                                    int
 	redisURL, redisMode                         string
 	redisReplicas                               int
-	objectTTL                                   time.Duration
+	objectTTL, markerTTL                        time.Duration
 	svc                                         service.Config
 }
 
@@ -76,6 +76,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.svc.MaxWaiters, "max-waiters", 100_000, "parked acquire/wait requests per instance before 503")
 	fs.IntVar(&c.svc.MaxValueBytes, "max-value-bytes", 512<<10, "largest state object accepted")
 	fs.DurationVar(&c.objectTTL, "object-ttl", 0, "state objects expire this long after their last write (0 = never)")
+	fs.DurationVar(&c.markerTTL, "marker-ttl", time.Minute, "jetstream: how long release and expiry markers stay (get reports the last token while they do); at least 1s")
 	fs.StringVar(&c.storeKind, "store", "jetstream", "where lock state lives: jetstream or redis")
 	fs.StringVar(&c.bucket, "bucket", "lockservice", "jetstream: KV bucket name (never delete it: tokens restart)")
 	fs.IntVar(&c.replicas, "replicas", 1, "jetstream: bucket replicas (3 or 5 on a cluster for fault tolerance)")
@@ -93,6 +94,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.objectTTL < 0 {
 		return nil, fmt.Errorf("--object-ttl must not be negative")
+	}
+	if c.markerTTL < time.Second {
+		return nil, fmt.Errorf("--marker-ttl must be at least 1s, got %v", c.markerTTL)
 	}
 	c.svc.Metadata = map[string]string{"store": c.storeKind}
 	if err := c.svc.Validate(); err != nil {
@@ -124,7 +128,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		st, closeStore = rs, func() { rs.Close() }
 		defer closeStore()
 	}
-	jsCfg := jsstore.Config{Bucket: c.bucket, Replicas: c.replicas, ObjectTTL: c.objectTTL}
+	jsCfg := jsstore.Config{Bucket: c.bucket, Replicas: c.replicas, ObjectTTL: c.objectTTL, MarkerTTL: c.markerTTL}
 
 	if c.natsURL == "" {
 		opts := []embedded.Option{embedded.WithServiceConfig(c.svc), embedded.WithStoreConfig(jsCfg)}
