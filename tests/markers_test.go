@@ -76,7 +76,7 @@ func TestFaultsKillAfterMarkerExpiry(t *testing.T) {
 	w.runInto(t, ctx, h)
 	cancel()
 	summary := h.check(t, strings.ReplaceAll(name, "/", "-"))
-	faults := []string{fmt.Sprintf("%d× kill -9 nats-server after the markers (TTL %v) of ended leases were removed, stream of %d MiB", kills, markerTTL, pr.filled>>20)}
+	faults := []string{fmt.Sprintf("%d× kill -9 nats-server after the markers (TTL %v) of ended leases were removed, %d MiB of state objects written", kills, markerTTL, pr.filled>>20)}
 	t.Logf("%s: %s; faults: %s", name, summary, faults[0])
 	report(t, name, summary, faults)
 }
