@@ -275,7 +275,7 @@ func TestFaults(t *testing.T) {
 			var wg sync.WaitGroup
 			wg.Add(1)
 			go func() { defer wg.Done(); sc.nemesis(ctx, d, note) }()
-			w := workload{natsURL: "nats://" + d.clientProxy.Addr(), clients: 6, keys: 3, ttl: 20 * time.Second,
+			w := &workload{natsURL: "nats://" + d.clientProxy.Addr(), clients: 6, keys: 3, ttl: 20 * time.Second,
 				opBudget: 6 * time.Second, resource: newFencedResource()}
 			h := w.run(t, ctx)
 			wg.Wait()

@@ -159,7 +159,7 @@ func TestRedisFailover(t *testing.T) {
 				d.svcProxy.SetTarget(replicaAddr)
 				fault = "kill -9 primary, REPLICAOF NO ONE on the replica, services switched to it"
 			}()
-			w := workload{natsURL: "nats://" + d.clientProxy.Addr(), clients: 6, keys: 3, ttl: 20 * time.Second, opBudget: 6 * time.Second}
+			w := &workload{natsURL: "nats://" + d.clientProxy.Addr(), clients: 6, keys: 3, ttl: 20 * time.Second, opBudget: 6 * time.Second}
 			h := w.run(t, ctx)
 			<-faultDone
 			summary, violation := h.verify(t, fmt.Sprintf("redis-failover-%d", replicas))

@@ -7,32 +7,104 @@ import (
 )
 
 // TestModelCatchesViolations feeds the checker histories that break each
-// property it is meant to guard, and one that is fine.
+// property it is meant to guard, and histories that are fine. Times are in
+// history units; leases end at 100 unless a case says otherwise.
 func TestModelCatchesViolations(t *testing.T) {
-	acq := func(c int, call, ret int64, token uint64, value int) porcupine.Operation {
-		return porcupine.Operation{ClientId: c, Input: lockInput{kind: opAcquire, key: "k", client: c}, Call: call, Return: ret,
-			Output: lockOutput{ok: true, token: token, value: value}}
+	const end = 100 // lease end of every grant below
+	op := func(c int, call, ret int64, in lockInput, out lockOutput) porcupine.Operation {
+		in.key, in.client, in.ret = "k", c, ret
+		return porcupine.Operation{ClientId: c, Input: in, Call: call, Return: ret, Output: out}
 	}
-	rel := func(c int, call, ret int64, value int, ok bool) porcupine.Operation {
-		return porcupine.Operation{ClientId: c, Input: lockInput{kind: opRelease, key: "k", client: c, value: value}, Call: call, Return: ret,
-			Output: lockOutput{ok: ok}}
+	// Client c acts under lease c.
+	acq := func(c int, call, ret int64, token uint64, value string) porcupine.Operation {
+		return op(c, call, ret, lockInput{kind: opAcquire, lease: c}, lockOutput{ok: true, token: token, value: value, deadline: end})
+	}
+	acqUntil := func(c int, call, ret int64, token uint64, value string, deadline int64) porcupine.Operation {
+		return op(c, call, ret, lockInput{kind: opAcquire, lease: c}, lockOutput{ok: true, token: token, value: value, deadline: deadline})
+	}
+	tryRefused := func(c int, call, ret int64, holderToken uint64) porcupine.Operation {
+		return op(c, call, ret, lockInput{kind: opAcquire, lease: c, try: true}, lockOutput{token: holderToken})
 	}
 	unknownAcq := func(c int, call, ret int64) porcupine.Operation {
-		return porcupine.Operation{ClientId: c, Input: lockInput{kind: opAcquire, key: "k", client: c}, Call: call, Return: ret,
-			Output: lockOutput{unknown: true}}
+		return op(c, call, ret, lockInput{kind: opAcquire, lease: c}, lockOutput{unknown: true})
 	}
+	rel := func(c int, call, ret int64, value string, ok bool) porcupine.Operation {
+		return op(c, call, ret, lockInput{kind: opRelease, lease: c, value: value}, lockOutput{ok: ok})
+	}
+	unknownRel := func(c int, call, ret int64, value string) porcupine.Operation {
+		return op(c, call, ret, lockInput{kind: opRelease, lease: c, value: value}, lockOutput{unknown: true})
+	}
+	write := func(c int, call, ret int64, value string, ok bool) porcupine.Operation {
+		return op(c, call, ret, lockInput{kind: opWrite, lease: c, value: value}, lockOutput{ok: ok})
+	}
+	unknownWrite := func(c int, call, ret int64, value string) porcupine.Operation {
+		return op(c, call, ret, lockInput{kind: opWrite, lease: c, value: value}, lockOutput{unknown: true})
+	}
+	refresh := func(c int, call, ret int64, ok bool, deadline int64) porcupine.Operation {
+		return op(c, call, ret, lockInput{kind: opRefresh, lease: c}, lockOutput{ok: ok, deadline: deadline})
+	}
+	get := func(c int, call, ret int64, locked bool, token uint64, value string) porcupine.Operation {
+		return op(c, call, ret, lockInput{kind: opGet}, lockOutput{locked: locked, token: token, value: value})
+	}
+	wait := func(c int, call, ret int64, value string) porcupine.Operation {
+		return op(c, call, ret, lockInput{kind: opWait}, lockOutput{value: value})
+	}
+	type h = []porcupine.Operation
 	model := lockModel.ToModel()
 	cases := []struct {
 		name string
 		ok   bool
-		h    []porcupine.Operation
+		h    h
 	}{
-		{"sequential", true, []porcupine.Operation{acq(0, 0, 1, 1, 0), rel(0, 2, 3, 1, true), acq(1, 4, 5, 2, 1), rel(1, 6, 7, 2, true)}},
-		{"two holders", false, []porcupine.Operation{acq(0, 0, 1, 1, 0), acq(1, 2, 3, 2, 0), rel(0, 4, 5, 1, true)}},
-		{"lost update", false, []porcupine.Operation{acq(0, 0, 1, 1, 0), rel(0, 2, 3, 1, true), acq(1, 4, 5, 2, 0)}},
-		{"token went back", false, []porcupine.Operation{acq(0, 0, 1, 5, 0), rel(0, 2, 3, 1, true), acq(1, 4, 5, 3, 1)}},
-		{"holder told not held", false, []porcupine.Operation{acq(0, 0, 1, 1, 0), rel(0, 2, 3, 1, false)}},
-		{"orphan after unknown acquire", true, []porcupine.Operation{unknownAcq(0, 0, 1), acq(1, 2, 3, 4, 0), rel(1, 4, 5, 1, true)}},
+		// Acquire and release.
+		{"sequential", true, h{acq(0, 0, 1, 1, ""), rel(0, 2, 3, "a", true), acq(1, 4, 5, 2, "a"), rel(1, 6, 7, "b", true)}},
+		{"two holders", false, h{acq(0, 0, 1, 1, ""), acq(1, 2, 3, 2, ""), rel(0, 4, 5, "a", true)}},
+		{"lost update", false, h{acq(0, 0, 1, 1, ""), rel(0, 2, 3, "a", true), acq(1, 4, 5, 2, "")}},
+		{"token went back", false, h{acq(0, 0, 1, 5, ""), rel(0, 2, 3, "a", true), acq(1, 4, 5, 3, "a")}},
+		{"holder told not held", false, h{acq(0, 0, 1, 1, ""), rel(0, 2, 3, "a", false)}},
+		{"orphan after unknown acquire", true, h{unknownAcq(0, 0, 1), acq(1, 2, 3, 4, ""), rel(1, 4, 5, "a", true)}},
+		{"release without a value keeps the state", true, h{acq(0, 0, 1, 1, ""), rel(0, 2, 3, "a", true), acq(1, 4, 5, 2, "a"), rel(1, 6, 7, "", true), acq(0, 8, 9, 3, "a")}},
+		{"release without a value loses the state", false, h{acq(0, 0, 1, 1, ""), rel(0, 2, 3, "a", true), acq(1, 4, 5, 2, "a"), rel(1, 6, 7, "", true), acq(0, 8, 9, 3, "")}},
+		{"unknown release: applied", true, h{acq(0, 0, 1, 1, ""), unknownRel(0, 2, 3, "a"), acq(1, 4, 5, 2, "a")}},
+		{"unknown release: not applied, lease expired", true, h{acq(0, 0, 1, 1, ""), unknownRel(0, 2, 3, "a"), acq(1, 200, 201, 2, "")}},
+		{"unknown release: not applied, lease live", false, h{acq(0, 0, 1, 1, ""), unknownRel(0, 2, 3, "a"), acq(1, 4, 5, 2, "")}},
+		// Expiry: only after the lease's end as the client counts it.
+		{"expired lease taken over", true, h{acq(0, 0, 1, 1, ""), acq(1, 150, 160, 2, "")}},
+		{"live lease taken over", false, h{acq(0, 0, 1, 1, ""), acq(1, 50, 60, 2, "")}},
+		{"taken over while the lease may have ended", true, h{acq(0, 0, 1, 1, ""), acq(1, 50, 120, 2, "")}},
+		{"refreshed lease taken over", false, h{acq(0, 0, 1, 1, ""), refresh(0, 90, 91, true, 300), acq(1, 150, 160, 2, "")}},
+		{"holder refused after expiry", true, h{acq(0, 0, 1, 1, ""), rel(0, 150, 151, "a", false)}},
+		{"holder released after expiry, nobody took over", true, h{acq(0, 0, 1, 1, ""), rel(0, 150, 151, "a", true), acq(1, 152, 153, 2, "a")}},
+		{"revived lease: refreshed after its release", false, h{acq(0, 0, 1, 1, ""), rel(0, 2, 3, "a", true), refresh(0, 4, 5, true, 300)}},
+		{"revived lease: written after its expiry and a new grant", false, h{acq(0, 0, 1, 1, ""), acq(1, 150, 151, 2, ""), rel(1, 152, 153, "", true), write(0, 160, 161, "x", true)}},
+		{"revived lease: get says locked after the release", false, h{acq(0, 0, 1, 1, ""), rel(0, 2, 3, "a", true), get(2, 4, 5, true, 1, "a")}},
+		{"revived lease: try-acquire refused after the expiry", false, h{acqUntil(0, 0, 1, 1, "", 10), get(2, 20, 21, false, 0, ""), tryRefused(1, 30, 31, 1)}},
+		// Write.
+		{"write then release without a value", true, h{acq(0, 0, 1, 1, ""), write(0, 2, 3, "w", true), rel(0, 4, 5, "", true), acq(1, 6, 7, 2, "w")}},
+		{"write lost on hand-over", false, h{acq(0, 0, 1, 1, ""), write(0, 2, 3, "w", true), rel(0, 4, 5, "", true), acq(1, 6, 7, 2, "")}},
+		{"write racing the release: both acknowledged", true, h{acq(0, 0, 1, 1, ""), write(0, 2, 6, "w", true), rel(0, 3, 5, "", true), acq(1, 4, 8, 2, "w")}},
+		{"write racing the release: next holder saw the state before the write", false, h{acq(0, 0, 1, 1, ""), write(0, 2, 6, "w", true), rel(0, 3, 5, "", true), acq(1, 4, 8, 2, "")}},
+		{"write racing the release: write refused", true, h{acq(0, 0, 1, 1, ""), write(0, 2, 6, "w", false), rel(0, 3, 5, "", true), acq(1, 4, 8, 2, "")}},
+		{"write accepted from a non-holder", false, h{acq(0, 0, 1, 1, ""), write(1, 2, 3, "w", true)}},
+		{"write accepted under a released lease", false, h{acq(0, 0, 1, 1, ""), rel(0, 2, 3, "a", true), write(0, 4, 5, "w", true)}},
+		{"write refused to the holder", false, h{acq(0, 0, 1, 1, ""), write(0, 2, 3, "w", false)}},
+		{"unknown write: applied", true, h{acq(0, 0, 1, 1, ""), unknownWrite(0, 2, 3, "w"), rel(0, 4, 5, "", true), acq(1, 6, 7, 2, "w")}},
+		{"unknown write: not applied", true, h{acq(0, 0, 1, 1, ""), unknownWrite(0, 2, 3, "w"), rel(0, 4, 5, "", true), acq(1, 6, 7, 2, "")}},
+		// Refresh.
+		{"refresh by a non-holder", false, h{acq(0, 0, 1, 1, ""), refresh(1, 2, 3, true, 300)}},
+		{"refresh refused to the holder", false, h{acq(0, 0, 1, 1, ""), refresh(0, 2, 3, false, 0)}},
+		// Get and wait.
+		{"get locked, then unlocked", true, h{acq(0, 0, 1, 1, ""), get(2, 2, 3, true, 1, ""), rel(0, 4, 5, "a", true), get(2, 6, 7, false, 1, "a"), get(2, 8, 9, false, 0, "a")}},
+		{"get mixing states: unlocked with the value from before the release", false, h{acq(0, 0, 1, 1, ""), write(0, 2, 3, "w", true), rel(0, 4, 5, "a", true), get(2, 6, 7, false, 1, "w")}},
+		{"get mixing states: unlocked during the release with the old value", false, h{acq(0, 0, 1, 1, ""), write(0, 2, 3, "w", true), rel(0, 4, 8, "a", true), get(2, 5, 7, false, 1, "w"), get(2, 9, 10, false, 1, "a")}},
+		{"get during the release: either state", true, h{acq(0, 0, 1, 1, ""), write(0, 2, 3, "w", true), rel(0, 4, 8, "a", true), get(2, 5, 7, true, 1, "w"), get(2, 9, 10, false, 1, "a")}},
+		{"get with the wrong token", false, h{acq(0, 0, 1, 7, ""), get(2, 2, 3, true, 6, "")}},
+		{"get sees a lease nobody was told about", true, h{acq(0, 0, 1, 1, ""), rel(0, 2, 3, "a", true), get(2, 4, 5, true, 9, "a"), acq(1, 200, 201, 10, "a")}},
+		{"get sees an unknown acquire's orphan", true, h{unknownAcq(1, 0, 50), get(2, 2, 3, true, 4, ""), acq(0, 10, 11, 5, "")}},
+		{"wait returns the released value", true, h{acq(0, 0, 1, 1, ""), wait(2, 2, 7, "a"), rel(0, 4, 5, "a", true)}},
+		{"wait returns while locked", false, h{acq(0, 0, 1, 1, ""), wait(2, 2, 3, "")}},
+		{"wait returns a stale value", false, h{acq(0, 0, 1, 1, ""), write(0, 2, 3, "w", true), rel(0, 4, 5, "a", true), wait(2, 6, 7, "w")}},
+		{"wait sees a hand-over", true, h{acq(0, 0, 1, 1, ""), wait(2, 2, 9, "a"), acq(1, 3, 8, 2, "a"), rel(0, 4, 6, "a", true), get(2, 10, 11, true, 2, "a")}},
 	}
 	for _, c := range cases {
 		if got := porcupine.CheckOperations(model, c.h); got != c.ok {

@@ -52,7 +52,7 @@ type config struct {
 	redisURL, redisMode                         string
 	redisReplicas                               int
 	redisAllowEviction                          bool
-	objectTTL                                   time.Duration
+	objectTTL, markerTTL                        time.Duration
 	svc                                         service.Config
 }
 
@@ -77,6 +77,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.svc.MaxWaiters, "max-waiters", 100_000, "parked acquire/wait requests per instance before 503")
 	fs.IntVar(&c.svc.MaxValueBytes, "max-value-bytes", 512<<10, "largest state object accepted")
 	fs.DurationVar(&c.objectTTL, "object-ttl", 0, "state objects expire this long after their last write (0 = never)")
+	fs.DurationVar(&c.markerTTL, "marker-ttl", 0, "jetstream: how long release and expiry markers stay (get reports the last token while they do); at least --max-ttl, which it defaults to (a marker must outlive the leases it ends: see docs/STORES.md)")
 	fs.StringVar(&c.storeKind, "store", "jetstream", "where lock state lives: jetstream or redis")
 	fs.StringVar(&c.bucket, "bucket", "lockservice", "jetstream: KV bucket name (never delete it: tokens restart)")
 	fs.IntVar(&c.replicas, "replicas", 1, "jetstream: bucket replicas (3 or 5 on a cluster for fault tolerance)")
@@ -99,6 +100,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c.svc.Metadata = map[string]string{"store": c.storeKind}
 	if err := c.svc.Validate(); err != nil {
 		return nil, err
+	}
+	if c.markerTTL == 0 {
+		c.markerTTL = max(c.svc.MaxTTL, time.Second)
+	}
+	if c.markerTTL < c.svc.MaxTTL || c.markerTTL < time.Second {
+		return nil, fmt.Errorf("--marker-ttl must be at least --max-ttl (%v) and 1s, got %v: a release or expiry marker must outlive the longest lease, or a file store that loses removals in a crash can bring a lease back (docs/STORES.md)", c.svc.MaxTTL, c.markerTTL)
 	}
 	return c, nil
 }
@@ -132,7 +139,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		st, closeStore = rs, func() { rs.Close() }
 		defer closeStore()
 	}
-	jsCfg := jsstore.Config{Bucket: c.bucket, Replicas: c.replicas, ObjectTTL: c.objectTTL}
+	jsCfg := jsstore.Config{Bucket: c.bucket, Replicas: c.replicas, ObjectTTL: c.objectTTL, MarkerTTL: c.markerTTL}
 
 	if c.natsURL == "" {
 		opts := []embedded.Option{embedded.WithServiceConfig(c.svc), embedded.WithStoreConfig(jsCfg)}

@@ -107,6 +107,7 @@ func TestRunBadFlags(t *testing.T) {
 	cases := map[string][]string{
 		"--store must be":       {"--store", "mysql"},
 		"must not be negative":  {"--object-ttl", "-1s"},
+		"--marker-ttl must be":  {"--marker-ttl", "500ms"},
 		"unexpected argument":   {"serve"},
 		"longer than the max":   {"--default-ttl", "1h", "--max-ttl", "1m"},
 		"--redis-mode must be":  {"--store", "redis", "--redis-mode", "ring"},
