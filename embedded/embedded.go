@@ -170,6 +170,10 @@ func Start(opts ...Option) (*Server, error) {
 	if st == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
+		if o.store.MarkerTTL == 0 {
+			// Markers must outlive the longest lease the service grants.
+			o.store.MarkerTTL = max(o.svc.MaxTTL, 10*time.Minute)
+		}
 		srv.store, err = jsstore.New(ctx, srv.svcNC, o.store)
 		if err != nil {
 			srv.Close()

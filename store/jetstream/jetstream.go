@@ -160,6 +160,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	if cfg.ObjectTTL < 0 || cfg.MarkerTTL < time.Second {
 		return nil, fmt.Errorf("jetstream: object TTL must be >= 0 and marker TTL >= 1s")
 	}
+	cfg.MarkerTTL = ttlSeconds(cfg.MarkerTTL) // the server's resolution
 	maxPayload := int(nc.MaxPayload())
 	if cfg.MaxValueBytes == 0 || cfg.MaxValueBytes > maxPayload-4096 {
 		cfg.MaxValueBytes = maxPayload - 4096
