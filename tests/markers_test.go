@@ -15,8 +15,9 @@ import (
 )
 
 // markerTTL is the release and expiry markers' TTL in this scenario (the
-// service's --marker-ttl; 1 minute by default).
-const markerTTL = time.Second
+// service's --marker-ttl), and so the longest lease (--max-ttl): a marker
+// must outlive the leases before it on its subject (docs/STORES.md).
+const markerTTL = 5 * time.Second
 
 // expirySlack is how long after a lease's end (as the client counts it)
 // the key may still be locked: the JetStream store rounds leases up to
@@ -31,11 +32,12 @@ const expirySlack = 3 * time.Second
 // blocks, and check that no ended lease comes back.
 //
 // Each cycle: the workload runs (2 s leases, some left to expire); probe
-// keys get a released lease, an expired lease and a live 10-minute lease;
+// keys get a released lease (of the longest TTL) and an expired lease;
 // the stream is filled with 24 state objects of 500 KiB on other keys
 // (12 MiB: several blocks); the test polls the stream until no lease
 // subject of the ended leases has a message left (every marker gone); then
-// nats-server is killed and restarted on the same store directory. After
+// a probe takes a live lease of the longest TTL, and nats-server is killed
+// and restarted on the same store directory. After
 // the restart, directly: the released probe is unlocked and its old lock
 // id cannot refresh; every key whose lease ended (probes and workload
 // keys) is acquirable within expirySlack; the live probe is still held by
@@ -47,7 +49,7 @@ func TestFaultsKillAfterMarkerExpiry(t *testing.T) {
 		t.Skip("fault scenarios start real processes for several seconds each")
 	}
 	const name = "jetstream/kill-after-marker-expiry"
-	d := newDeploy(t, "jetstream", 1, 2, "--marker-ttl", markerTTL.String())
+	d := newDeploy(t, "jetstream", 1, 2, "--marker-ttl", markerTTL.String(), "--max-ttl", markerTTL.String(), "--default-ttl", "2s")
 	h := newHistory()
 	w := &workload{natsURL: "nats://" + d.clientProxy.Addr(), clients: 4, keys: 3, ttl: 2 * time.Second,
 		opBudget: 3 * time.Second, abandon: true}
@@ -67,6 +69,7 @@ func TestFaultsKillAfterMarkerExpiry(t *testing.T) {
 		}
 		ended = append(ended, probes.released.Key(), probes.expired.Key())
 		pr.awaitMarkersGone(ended)
+		pr.takeLive(&probes, cycle)
 		d.nats[0].Kill()
 		kills++
 		d.nats[0].Restart()
@@ -187,13 +190,13 @@ func (p *prober) get(key string) (*client.Info, error) {
 }
 
 // setUp makes this cycle's probe leases: one released with a value, one
-// left to expire (1 s), one live for 10 minutes.
+// left to expire (1 s).
 func (p *prober) setUp(cycle int) probeLeases {
 	t := p.t
 	var pl probeLeases
 	var err error
 	key := func(s string) string { return fmt.Sprintf("%s.probe%d.%s", p.prefix, cycle, s) }
-	if pl.released, pl.releasedLease, err = p.acquire(key("released"), 10*time.Minute, 5*time.Second); err != nil {
+	if pl.released, pl.releasedLease, err = p.acquire(key("released"), markerTTL, 5*time.Second); err != nil {
 		t.Fatalf("Acquire(%q) = %v", key("released"), err)
 	}
 	pl.releasedValue = fmt.Sprintf("released-%d", cycle)
@@ -203,10 +206,17 @@ func (p *prober) setUp(cycle int) probeLeases {
 	if pl.expired, pl.expiredLease, err = p.acquire(key("expired"), time.Second, 5*time.Second); err != nil {
 		t.Fatalf("Acquire(%q) = %v", key("expired"), err)
 	}
-	if pl.live, pl.liveLease, err = p.acquire(key("live"), 10*time.Minute, 5*time.Second); err != nil {
-		t.Fatalf("Acquire(%q) = %v", key("live"), err)
-	}
 	return pl
+}
+
+// takeLive takes the live probe lease (the longest TTL), just before the
+// kill, so that it is still live after the restart.
+func (p *prober) takeLive(pl *probeLeases, cycle int) {
+	var err error
+	key := fmt.Sprintf("%s.probe%d.live", p.prefix, cycle)
+	if pl.live, pl.liveLease, err = p.acquire(key, markerTTL, 5*time.Second); err != nil {
+		p.t.Fatalf("Acquire(%q) = %v", key, err)
+	}
 }
 
 // fill writes 24 state objects of 500 KiB on keys of their own, so that
@@ -216,7 +226,7 @@ func (p *prober) fill() {
 	for i := 0; i < 24; i++ {
 		key := fmt.Sprintf("%s.fill.%d", p.prefix, i)
 		ctx, cancel := context.WithTimeout(p.t.Context(), 10*time.Second)
-		l, err := p.cl.Acquire(ctx, key, client.WithTTL(10*time.Second))
+		l, err := p.cl.Acquire(ctx, key, client.WithTTL(markerTTL))
 		if err == nil {
 			err = l.ReleaseWith(ctx, value)
 		}
@@ -285,7 +295,7 @@ func (p *prober) checkAfterRestart(pl probeLeases, ended []string) {
 	// (their leases ended before the kill).
 	for _, k := range ended {
 		wait := max(time.Until(back.Add(expirySlack)), time.Second)
-		l, lease, err := p.acquire(k, 10*time.Second, wait)
+		l, lease, err := p.acquire(k, markerTTL, wait)
 		if err != nil {
 			info, gerr := p.get(k)
 			t.Errorf("lease ended before the kill: Acquire(%q) within %v of the restart = %v; Get = %+v, %v", k, expirySlack, err, info, gerr)
