@@ -35,6 +35,7 @@ type Server struct {
 	svc     *service.Service
 	store   *jsstore.Store
 	tempDir string
+	dirLock *dirLock // on the data directory, held until Close
 	// URL is the client URL (nats://host:port), empty with WithoutListener.
 	URL string
 }
@@ -55,7 +56,8 @@ type options struct {
 type Option func(*options)
 
 // WithDataDir stores JetStream data in dir (kept after Close). The default is
-// a temporary directory removed by Close.
+// a temporary directory removed by Close. Start locks the directory (see
+// LockFileName) until Close: one directory serves one Server at a time.
 func WithDataDir(dir string) Option { return func(o *options) { o.dataDir = dir } }
 
 // WithListen sets the client address; the default is 127.0.0.1 on a random
@@ -91,7 +93,10 @@ func WithLogf(logf func(format string, args ...any)) Option {
 var ErrPortInUse = errors.New("embedded: address already in use")
 
 // Start starts nats-server and the lock service. It returns ErrPortInUse when
-// the listen port is taken.
+// the listen port is taken, and an error matching ErrDataDirInUse (a
+// *DataDirInUseError naming the holder) when another process or Server runs
+// on the data directory, whether given by WithDataDir or by the config
+// file's jetstream store_dir.
 func Start(opts ...Option) (*Server, error) {
 	o := options{host: "127.0.0.1", port: -1}
 	for _, opt := range opts {
@@ -127,18 +132,27 @@ func Start(opts ...Option) (*Server, error) {
 		srv.tempDir = dir
 		sopts.StoreDir = dir
 	}
+	// nats-server keeps its JetStream files in StoreDir/jetstream; the
+	// lock is on StoreDir itself, the directory the user named. Two servers
+	// on one directory would each run the bucket from the same files and
+	// grant the same lock with the same token.
+	var err error
+	if srv.dirLock, err = lockDataDir(sopts.StoreDir); err != nil {
+		srv.removeTemp()
+		return nil, err
+	}
 	if !o.noListen && sopts.Port > 0 {
 		addr := net.JoinHostPort(sopts.Host, strconv.Itoa(sopts.Port))
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
-			srv.removeTemp()
+			srv.Close()
 			return nil, fmt.Errorf("%w: %s: %w", ErrPortInUse, addr, err)
 		}
 		ln.Close()
 	}
 	ns, err := server.NewServer(sopts)
 	if err != nil {
-		srv.removeTemp()
+		srv.Close()
 		return nil, fmt.Errorf("embedded: nats-server: %w", err)
 	}
 	if o.logf != nil {
@@ -152,6 +166,10 @@ func Start(opts ...Option) (*Server, error) {
 	}
 	if !o.noListen {
 		srv.URL = ns.ClientURL()
+	}
+	if err := srv.dirLock.record(srv.URL); err != nil {
+		srv.Close()
+		return nil, err
 	}
 	// The service gets a connection of its own with NoEcho: its events are
 	// not delivered back to it (it would drop them). Clients get another,
@@ -210,7 +228,8 @@ func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
 }
 
 // Close stops the service (parked waiters get 503), the store, the
-// connection and nats-server, and removes a temporary data directory.
+// connection and nats-server, unlocks the data directory and removes a
+// temporary one.
 func (s *Server) Close() error {
 	if s.svc != nil {
 		s.svc.Stop()
@@ -228,6 +247,7 @@ func (s *Server) Close() error {
 		s.ns.Shutdown()
 		s.ns.WaitForShutdown()
 	}
+	s.dirLock.release()
 	s.removeTemp()
 	return nil
 }

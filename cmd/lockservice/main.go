@@ -161,6 +161,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if errors.Is(err, embedded.ErrPortInUse) {
 			return fmt.Errorf("port %d on %s is in use (another nats-server or lockservice?): pick another with --port, or use that server with --nats-url nats://%s:%d", c.port, c.host, c.host, c.port)
 		}
+		var inUse *embedded.DataDirInUseError
+		if errors.As(err, &inUse) {
+			return dataDirInUse(inUse, c, explicit["data-dir"])
+		}
 		if err != nil {
 			return err
 		}
@@ -200,6 +204,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "lockservice: shutting down")
 	return svc.Stop()
+}
+
+// dataDirInUse tells the operator which process has the data directory and
+// what to do instead.
+func dataDirInUse(e *embedded.DataDirInUseError, c *config, dataDirFlag bool) error {
+	var who []string
+	if e.PID > 0 {
+		who = append(who, fmt.Sprintf("pid %d", e.PID))
+	}
+	if e.URL != "" {
+		who = append(who, e.URL)
+	}
+	holder := "another lockservice"
+	if len(who) > 0 {
+		holder += " (" + strings.Join(who, ", ") + ")"
+	}
+	choose := "choose another --data-dir"
+	if c.confFile != "" && !dataDirFlag {
+		choose = "choose another jetstream store_dir in " + c.confFile + " (or --data-dir)"
+	}
+	msg := fmt.Sprintf("data directory %s is in use by %s; stop it or %s", e.Dir, holder, choose)
+	if e.URL != "" {
+		msg += fmt.Sprintf(", or run this instance against it with --nats-url %s", e.URL)
+	}
+	return errors.New(msg + " (two servers on one directory would both grant the same locks)")
 }
 
 // fsVisit calls fn with the name of each flag given in args.

@@ -17,18 +17,45 @@ import (
 	"github.com/lockservice/lockservice/store"
 )
 
-// getLast reads subject's last message from the stream leader; nil, nil
-// when the subject has none.
+// getLast reads subject's last message; nil, nil when the subject has
+// none. It is STREAM.MSG.GET, answered by the stream leader, whatever the
+// bucket's allow_direct says (a direct get may be answered by a follower
+// that is behind: natsjs.Stream.GetLastMsgForSubject uses it when allowed).
 func (s *Store) getLast(ctx context.Context, subject string) (*natsjs.RawStreamMsg, error) {
-	m, err := s.str.GetLastMsgForSubject(ctx, subject)
-	switch {
-	case errors.Is(err, natsjs.ErrMsgNotFound):
-		return nil, nil
-	case err != nil:
+	req, _ := json.Marshal(struct {
+		LastFor string `json:"last_by_subj"`
+	}{subject})
+	resp, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+s.stream, req)
+	if err != nil {
 		return nil, unavailable(err)
 	}
-	if m.Header == nil {
-		m.Header = nats.Header{}
+	var r struct {
+		Message *struct {
+			Subject  string    `json:"subject"`
+			Sequence uint64    `json:"seq"`
+			Header   []byte    `json:"hdrs,omitempty"`
+			Data     []byte    `json:"data,omitempty"`
+			Time     time.Time `json:"time"`
+		} `json:"message"`
+		Error *natsjs.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(resp.Data, &r); err != nil {
+		return nil, fmt.Errorf("jetstream: get %s: bad response: %w", subject, err)
+	}
+	if r.Error != nil {
+		if r.Error.ErrorCode == natsjs.JSErrCodeMessageNotFound {
+			return nil, nil
+		}
+		return nil, r.Error
+	}
+	if r.Message == nil {
+		return nil, fmt.Errorf("jetstream: get %s: empty response", subject)
+	}
+	m := &natsjs.RawStreamMsg{Subject: r.Message.Subject, Sequence: r.Message.Sequence, Data: r.Message.Data, Time: r.Message.Time, Header: nats.Header{}}
+	if len(r.Message.Header) > 0 {
+		if m.Header, err = nats.DecodeHeadersMsg(r.Message.Header); err != nil {
+			return nil, fmt.Errorf("jetstream: get %s: %w", subject, err)
+		}
 	}
 	return m, nil
 }

@@ -37,14 +37,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/lockservice/lockservice/store"
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
+
+	"github.com/lockservice/lockservice/store"
 )
 
 // Config configures the JetStream store.
@@ -141,9 +141,12 @@ var ErrServerTooOld = errors.New("jetstream: nats-server too old")
 var ErrAtomicPublishUnsupported = errors.New("jetstream: stream does not allow atomic publish")
 
 // New checks that the server can run the lock service (JetStream enabled,
-// API level >= 2), creates or updates the bucket's stream and starts
-// watching it. It returns ErrServerTooOld or ErrAtomicPublishUnsupported
-// when the server cannot give the guarantees. nc stays the caller's.
+// API level >= 2), creates the bucket's stream or checks the existing one
+// (it never changes an existing bucket's settings; see stream.go) and
+// starts watching it. It returns ErrServerTooOld or
+// ErrAtomicPublishUnsupported when the server cannot give the guarantees,
+// and an error matching ErrBucketMismatch when the bucket exists with other
+// settings. nc stays the caller's.
 func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	if cfg.Bucket == "" {
 		cfg.Bucket = defaultBucket
@@ -196,32 +199,15 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	if cfg.ObjectTTL > 0 {
 		s.objTTL = ttlHeader(cfg.ObjectTTL)
 	}
-	sc := natsjs.StreamConfig{
-		Name:                   s.stream,
-		Description:            "lockservice locks and state objects",
-		Subjects:               []string{"$KV." + cfg.Bucket + ".>"},
-		Storage:                natsjs.FileStorage,
-		Replicas:               cfg.Replicas,
-		MaxMsgsPerSubject:      1,
-		MaxMsgSize:             int32(min(maxPayload, math.MaxInt32)),
-		Discard:                natsjs.DiscardNew,
-		AllowRollup:            true,
-		DenyDelete:             true,
-		AllowDirect:            false, // reads go to the leader: no stale state from followers
-		AllowMsgTTL:            true,
-		SubjectDeleteMarkerTTL: cfg.MarkerTTL,
-		AllowAtomicPublish:     true,
-	}
-	st, err := js.CreateOrUpdateStream(ctx, sc)
+	st, err := ensureStream(ctx, js, streamConfig(cfg, maxPayload), nc.ConnectedServerVersion())
 	if err != nil {
-		return nil, fmt.Errorf("jetstream: create stream %s: %w", s.stream, err)
-	}
-	got := st.CachedInfo().Config
-	if !got.AllowAtomicPublish || !got.AllowMsgTTL {
-		return nil, fmt.Errorf("%w: stream %s on nats-server %s reads back allow_atomic=%v allow_msg_ttl=%v; lockservice needs nats-server 2.12 or newer",
-			ErrAtomicPublishUnsupported, s.stream, nc.ConnectedServerVersion(), got.AllowAtomicPublish, got.AllowMsgTTL)
+		return nil, err
 	}
 	s.str = st
+	if have := st.CachedInfo().Config.SubjectDeleteMarkerTTL; have > s.cfg.MarkerTTL {
+		// The bucket keeps markers longer than asked: adopt it.
+		s.cfg.MarkerTTL, s.markTTL = have, ttlHeader(have)
+	}
 	s.bg, s.stop = context.WithCancel(context.Background())
 	if _, err := s.serverNow(ctx); err != nil {
 		s.stop()
