@@ -60,8 +60,16 @@ func (s *Store) getLast(ctx context.Context, subject string) (*natsjs.RawStreamM
 	return m, nil
 }
 
-// errWrongSeq marks a failed compare-and-set.
+// errWrongSeq marks a failed compare-and-set: the subject is not at the
+// expected sequence.
 var errWrongSeq = errors.New("jetstream: wrong last sequence")
+
+// errInFlight marks a compare-and-set a replicated stream could not check
+// because another write to the same subject was still being proposed
+// (10164): it says nothing about the subject's sequence. It matches
+// errWrongSeq, so callers re-read; they also back off and never conclude
+// "not held" from it.
+var errInFlight = fmt.Errorf("%w (a write to the subject was in flight)", errWrongSeq)
 
 // pubAck is JetStream's publish ack with the batch fields that
 // natsjs.PubAck lacks.
@@ -85,8 +93,10 @@ func (s *Store) publish(ctx context.Context, m *nats.Msg) (pubAck, error) {
 	}
 	if ack.Error != nil {
 		switch ack.Error.ErrorCode {
-		case natsjs.JSErrCodeStreamWrongLastSequence, natsjs.JSErrCodeStreamWrongLastSequenceConstant:
+		case natsjs.JSErrCodeStreamWrongLastSequence:
 			return ack, errWrongSeq
+		case natsjs.JSErrCodeStreamWrongLastSequenceConstant:
+			return ack, errInFlight
 		case natsjs.JSErrCodeStreamMessageExceedsMaximum:
 			return ack, fmt.Errorf("%w: %s", store.ErrInvalid, ack.Error.Description)
 		}

@@ -119,7 +119,7 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 	// Without a hint, assume a never-used key (expected sequence 0): one
 	// round trip for new keys, a re-read on mismatch.
 	cur, _ := s.getHint(key)
-	fresh := false
+	fresh, inFlight := false, false
 	for attempt := 0; attempt < 6; attempt++ {
 		if !fresh && (attempt > 0 || cur.held) {
 			// A hint of a lease may be stale, and only a read gives the
@@ -172,6 +172,11 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 		if errors.Is(err, errWrongSeq) {
 			<-objc
 			fresh = false
+			if inFlight = errors.Is(err, errInFlight); inFlight {
+				if err := backoff(ctx, attempt); err != nil {
+					return store.Grant{}, err
+				}
+			}
 			continue
 		}
 		if err != nil {
@@ -187,6 +192,9 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 			return store.Grant{}, o.err
 		}
 		return store.Grant{Lease: st.lease(), Value: o.o.v}, nil
+	}
+	if inFlight {
+		return store.Grant{}, fmt.Errorf("%w: %s: writes kept being in flight on the lease", store.ErrUnavailable, key)
 	}
 	// Every compare-and-set after a fresh read lost to another writer of
 	// the lease subject, and only an acquire can move a free lease: the lock
@@ -226,22 +234,41 @@ func (s *Store) held(ctx context.Context, key string, me []byte, trustHint bool)
 	return st, nil
 }
 
-// casHeld runs op against the lease lockID holds, re-reading once when the
-// hint turns out stale.
+// casHeld runs op against the lease lockID holds, re-reading when the
+// compare-and-set fails: only a read that shows the lease gone or another
+// holder's means ErrNotHeld. A lease subject that keeps moving (its holder
+// refreshing, or writes in flight on a replicated stream) while lockID
+// still holds it makes the outcome unknown.
 func (s *Store) casHeld(ctx context.Context, key, lockID string, op func(lockState) error) error {
 	me := holderHash(lockID)
-	for _, trust := range []bool{true, false} {
-		st, err := s.held(ctx, key, me, trust)
+	for attempt := 0; attempt < 8; attempt++ {
+		st, err := s.held(ctx, key, me, attempt == 0)
 		if err != nil {
 			return err
 		}
 		err = op(st)
+		if errors.Is(err, errInFlight) {
+			if err := backoff(ctx, attempt); err != nil {
+				return err
+			}
+		}
 		if errors.Is(err, errWrongSeq) {
 			continue
 		}
 		return err
 	}
-	return store.ErrNotHeld
+	return fmt.Errorf("%w: %s: the lease kept changing under the compare-and-set", store.ErrUnavailable, key)
+}
+
+// backoff waits before retrying a compare-and-set that found a write in
+// flight: 1, 2, 4 ... 32 ms.
+func backoff(ctx context.Context, attempt int) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(time.Millisecond << min(attempt, 5)):
+		return nil
+	}
 }
 
 // Refresh renews the lease with a new TTL, keeping its token.
