@@ -7,11 +7,16 @@ import (
 	"fmt"
 )
 
+// MaxDepth is how deeply arrays and maps may nest in a checked value.
+const MaxDepth = 32
+
 // Check walks one msgpack value and checks that every length it
 // declares (strings, binaries, extensions, array and map sizes) fits in the
-// bytes that follow, and that nothing follows the value. The decoder
-// allocates from declared lengths (up to 1 MiB per string in msgpack v5), so
-// a 15-byte request could otherwise cost a megabyte.
+// bytes that follow, that arrays and maps nest at most MaxDepth deep, and
+// that nothing follows the value. The decoder allocates from declared
+// lengths (up to 1 MiB per string in msgpack v5), so a 15-byte request could
+// otherwise cost a megabyte; and it skips unknown fields recursively, so a
+// 60 KiB value nested 47 000 deep grew a goroutine's stack by 8 MB.
 func Check(b []byte) error {
 	short := errors.New("a length runs past the end of the payload")
 	size := func(k int) (int, error) { // a big-endian length of k bytes
@@ -28,14 +33,19 @@ func Check(b []byte) error {
 		b = b[k:]
 		return n, nil
 	}
-	pending := 1 // values still to read
-	for pending > 0 {
+	pending := []int{1} // values still to read in each open array or map
+	for len(pending) > 0 {
+		top := len(pending) - 1
+		if pending[top] == 0 {
+			pending = pending[:top]
+			continue
+		}
 		if len(b) == 0 {
 			return errors.New("payload ends early")
 		}
 		c := b[0]
 		b = b[1:]
-		pending--
+		pending[top]--
 		var skip, items int
 		var err error
 		switch {
@@ -82,7 +92,12 @@ func Check(b []byte) error {
 			return short // each item takes at least a byte
 		}
 		b = b[skip:]
-		pending += items
+		if items > 0 {
+			if len(pending) > MaxDepth {
+				return fmt.Errorf("arrays and maps nest more than %d deep", MaxDepth)
+			}
+			pending = append(pending, items)
+		}
 	}
 	if len(b) > 0 {
 		return fmt.Errorf("%d bytes after the value", len(b))

@@ -39,3 +39,31 @@ func TestCheck(t *testing.T) {
 		}
 	}
 }
+
+// Nesting deeper than MaxDepth is refused before any decoder recurses into
+// it (a 60 KiB record nested 47 000 deep cost 8 MB of stack per decode).
+func TestCheckDepth(t *testing.T) {
+	nested := func(n int) []byte {
+		b := make([]byte, 0, n+1)
+		for i := 0; i < n; i++ {
+			b = append(b, 0x91) // fixarray of one
+		}
+		return append(b, 0xc0) // nil
+	}
+	if err := Check(nested(MaxDepth)); err != nil {
+		t.Errorf("Check(%d nested arrays) = %v, want nil", MaxDepth, err)
+	}
+	for _, n := range []int{MaxDepth + 1, 47000} {
+		if err := Check(nested(n)); err == nil {
+			t.Errorf("Check(%d nested arrays) = nil, want an error", n)
+		}
+	}
+	// Depth comes back down: many shallow siblings are fine.
+	b := []byte{0xdc, 0x01, 0x00} // array16 of 256
+	for i := 0; i < 256; i++ {
+		b = append(b, 0x91, 0x91, 0xc0)
+	}
+	if err := Check(b); err != nil {
+		t.Errorf("Check(256 siblings of depth 2) = %v", err)
+	}
+}

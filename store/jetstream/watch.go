@@ -49,7 +49,10 @@ type watchState struct {
 // startWatch creates a watcher consumer from the stream as it is now and
 // makes it current. The previous one, if any, is stopped.
 func (s *Store) startWatch(ctx context.Context) error {
-	info, err := s.str.Info(ctx)
+	s.mu.Lock()
+	str := s.str
+	s.mu.Unlock()
+	info, err := str.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("stream info: %w", err)
 	}
@@ -69,8 +72,11 @@ func (s *Store) startWatch(ctx context.Context) error {
 	s.w.objs = make(map[string]struct{})
 	s.w.objsFull = false
 	// Hints of the previous history may carry sequences the stream has
-	// reused since: start afresh.
-	s.w.before, s.hints = s.hints, make(map[string]lockState)
+	// reused since: start afresh (suspect may have done so already).
+	if s.w.before == nil {
+		s.w.before = s.hints
+	}
+	s.hints = make(map[string]lockState)
 	s.mu.Unlock()
 	if old != nil {
 		old.Stop()
@@ -110,7 +116,10 @@ func (s *Store) startWatch(ctx context.Context) error {
 }
 
 // suspect distrusts the watcher of generation gen (0: whichever is current)
-// and asks for a rebuild.
+// and asks for a rebuild. The hints go at once: after a break they may
+// describe a history the stream has lost, whose sequences it reuses, and a
+// compare-and-set against such a sequence would succeed on someone else's
+// lease. Until the rebuild, operations read before they write.
 func (s *Store) suspect(gen uint64) {
 	s.mu.Lock()
 	if gen != 0 && gen != s.w.gen {
@@ -118,6 +127,10 @@ func (s *Store) suspect(gen uint64) {
 		return
 	}
 	s.w.broken = true
+	if s.w.before == nil {
+		s.w.before = s.hints
+	}
+	s.hints = make(map[string]lockState)
 	rebuild := s.w.rebuild
 	s.mu.Unlock()
 	select {
@@ -181,6 +194,10 @@ func (s *Store) observe(gen uint64, consumer *string, m natsjs.Msg) {
 		if *consumer != "" {
 			// nats.go recreated the ordered consumer: a break.
 			s.w.broken = true
+			if s.w.before == nil {
+				s.w.before = s.hints
+			}
+			s.hints = make(map[string]lockState)
 			select {
 			case s.w.rebuild <- struct{}{}:
 			default:
@@ -195,7 +212,9 @@ func (s *Store) observe(gen uint64, consumer *string, m natsjs.Msg) {
 	}
 	if md.NumPending == 0 || seq >= s.w.startSeq {
 		s.w.caughtUp = true
-		s.w.before = nil
+		if !s.w.broken {
+			s.w.before = nil
+		}
 	}
 	fn := s.notify
 	s.mu.Unlock()
@@ -313,9 +332,13 @@ func (s *Store) setHint(key string, st lockState) {
 	s.mu.Unlock()
 }
 
+// getHint returns the hint for key, none while the watcher is broken.
 func (s *Store) getHint(key string) (lockState, bool) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.w.broken {
+		return lockState{}, false
+	}
 	h, ok := s.hints[key]
-	s.mu.Unlock()
 	return h, ok
 }
