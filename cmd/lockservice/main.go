@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/url"
 	"os"
 	"os/signal"
@@ -139,7 +140,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		st, closeStore = rs, func() { rs.Close() }
 		defer closeStore()
 	}
-	jsCfg := jsstore.Config{Bucket: c.bucket, Replicas: c.replicas, ObjectTTL: c.objectTTL, MarkerTTL: c.markerTTL}
+	jsCfg := jsstore.Config{Bucket: c.bucket, Replicas: c.replicas, ObjectTTL: c.objectTTL, MarkerTTL: c.markerTTL,
+		// Records lockservice did not write, leases the server failed to
+		// expire, watcher rebuilds.
+		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 
 	if c.natsURL == "" {
 		opts := []embedded.Option{embedded.WithServiceConfig(c.svc), embedded.WithStoreConfig(jsCfg)}

@@ -98,6 +98,7 @@ type Store struct {
 	status  chan nats.Status
 
 	mu     sync.Mutex
+	closed bool                 // Close began: no new background work
 	hints  map[string]lockState // last state seen per key: a hint only
 	notify func(store.Event)
 	w      watchState
@@ -234,6 +235,9 @@ func (s *Store) Close() error {
 		close(s.done)
 		s.stop()
 		s.nc.RemoveStatusListener(s.status)
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
 		s.wg.Wait()
 		s.mu.Lock()
 		cc := s.w.cc
@@ -244,6 +248,21 @@ func (s *Store) Close() error {
 		}
 	})
 	return nil
+}
+
+// background runs fn in a goroutine that Close waits for, unless Close has
+// begun.
+func (s *Store) background(fn func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		fn()
+	}()
 }
 
 // Notify registers fn for releases and expiries seen on the bucket.

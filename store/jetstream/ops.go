@@ -92,11 +92,11 @@ func (s *Store) live(ctx context.Context, key string, st lockState) (bool, error
 		return false, err
 	}
 	if gone {
-		go func() {
+		s.background(func() {
 			ctx, cancel := context.WithTimeout(s.bg, 5*time.Second)
 			defer cancel()
 			s.reap(ctx, key, st)
-		}()
+		})
 	}
 	return !gone, nil
 }
