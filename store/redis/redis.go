@@ -42,7 +42,10 @@
 // holds while that node keeps its data; with Replicas set, a write that
 // returns nil has reached that many replicas (WAIT), which narrows but does
 // not close the failover window (Redis may still promote a replica that
-// missed it). The store does not implement store.Notifier: a *LockedError
+// missed it). WAIT counts any replica: in a routine Sentinel failover the
+// old primary keeps taking writes that replicas not yet moved to the new
+// primary acknowledge and later drop, unless Replicas counts every replica
+// (and then writes fail until the old primary rejoins; docs/STORES.md). The store does not implement store.Notifier: a *LockedError
 // carries ExpiresIn, the lease's remaining PTTL, and the service wakes
 // waiters by timer.
 //
