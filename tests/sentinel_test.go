@@ -2,10 +2,12 @@ package tests
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/lockservice/lockservice/client"
+	redisstore "github.com/lockservice/lockservice/store/redis"
 )
 
 // sentinelMaster is the name the sentinels monitor the primary under.
@@ -39,13 +42,13 @@ type sentinelSet struct {
 // startSentinelSet starts a primary with n replicas (AOF, appendfsync
 // always, as the other fault tests) and three sentinels with quorum 2, and
 // waits until every sentinel knows the replicas and the other sentinels.
-func startSentinelSet(t *testing.T, n int) *sentinelSet {
+func startSentinelSet(t *testing.T, n int, primaryArgs ...string) *sentinelSet {
 	t.Helper()
 	s := &sentinelSet{t: t, redis: map[string]*proc{}}
 	// No diskless-sync delay (5 s by default): a replica syncs at once,
 	// at start-up and when it rejoins a new primary.
 	nodelay := []string{"--repl-diskless-sync-delay", "0"}
-	p, primary := startRedis(t, nodelay...)
+	p, primary := startRedis(t, append(nodelay, primaryArgs...)...)
 	s.redis[primary] = p
 	host, port, _ := net.SplitHostPort(primary)
 	for range n {
@@ -119,6 +122,29 @@ func (s *sentinelSet) failover(ctx context.Context) error {
 	c := goredis.NewSentinelClient(&goredis.Options{Addr: s.sentinels[0]})
 	defer c.Close()
 	return c.Failover(ctx, sentinelMaster).Err()
+}
+
+// TestSentinelErrorsNameThePrimary: New's refusal of an evicting primary
+// and its unavailable errors name the node ("redis at <addr>"); with a
+// Sentinel client they name "FailoverClient", go-redis's placeholder
+// Addr, so the operator cannot tell which node to fix.
+func TestSentinelErrorsNameThePrimary(t *testing.T) {
+	needBinaries(t)
+	set := startSentinelSet(t, 1, "--maxmemory", "4mb", "--maxmemory-policy", "volatile-lru")
+	primary, err := set.master(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := goredis.ParseFailoverURL(set.url())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := goredis.NewFailoverClient(o)
+	defer rdb.Close()
+	_, err = redisstore.New(t.Context(), rdb, redisstore.Config{})
+	if !errors.Is(err, redisstore.ErrEvictionPolicy) || !strings.Contains(err.Error(), primary) {
+		t.Errorf("New = %v, want ErrEvictionPolicy naming the primary %s", err, primary)
+	}
 }
 
 // waitReplicas waits until n replicas of primary acknowledge a write.
