@@ -45,7 +45,7 @@ func (s *Store) checkServer(ctx context.Context) (warnings []string, err error) 
 	}
 	switch c := s.rdb.(type) {
 	case *goredis.Client:
-		nodes = append(nodes, readSettings(ctx, c, addrOf(c)))
+		nodes = append(nodes, readSettings(ctx, c, nodeAddr(ctx, c)))
 	case *goredis.ClusterClient:
 		err = c.ForEachMaster(ctx, read)
 	case *goredis.Ring:
@@ -140,4 +140,18 @@ func evictionHarm(policy string) string {
 		return "when memory fills Redis evicts any key: a live lease (a second holder is granted) or a fence counter (tokens start again at 1)"
 	}
 	return "Redis may evict lock keys when memory fills (lockservice knows only noeviction to be safe)"
+}
+
+// nodeAddr is the address of the node c talks to. A Sentinel (failover)
+// client's options say "FailoverClient"; the node itself says where it
+// listens (CLIENT INFO laddr).
+func nodeAddr(ctx context.Context, c *goredis.Client) string {
+	addr := c.Options().Addr
+	if addr != "FailoverClient" {
+		return addr
+	}
+	if info, err := c.ClientInfo(ctx).Result(); err == nil && info.LAddr != "" {
+		return "Sentinel primary " + info.LAddr
+	}
+	return "the Sentinel primary"
 }
