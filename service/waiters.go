@@ -711,8 +711,17 @@ func (s *Service) handOff(ctx context.Context, key, fromID string, u store.Updat
 
 // onStoreEvent handles expiries observed by the store (Notifier).
 func (s *Service) onStoreEvent(e store.Event) {
-	if e.Kind != store.Expired || s.stopping.Load() {
-		return // releases arrive as NATS events, from whichever instance released
+	if s.stopping.Load() {
+		return
+	}
+	if e.Kind == store.Released {
+		// Releases also arrive as NATS events from whichever instance
+		// released, but only when its store call answered (not after a
+		// lost acknowledgement) and only to instances connected at that
+		// moment: the store's own view wakes the waiters here too. The
+		// event is published by the releasing instance.
+		s.wake(e.Key, false)
+		return
 	}
 	s.stats.expiredEvents.Add(1)
 	s.publishEvent(api.EventExpired, e.Key, e.Token)

@@ -162,7 +162,7 @@ func (s *Store) releaseMsg(key string, st lockState) *nats.Msg {
 	return s.recordMsg(key, rec, nats.Header{
 		"KV-Operation":                   {"PURGE"},
 		"Nats-Rollup":                    {"sub"},
-		natsjs.MsgTTLHeader:              {s.markTTL},
+		natsjs.MsgTTLHeader:              {ttlHeader(s.longest())},
 		natsjs.ExpectedLastSubjSeqHeader: {strconv.FormatUint(st.seq, 10)},
 	})
 }
@@ -199,8 +199,8 @@ func (s *Store) checkTTL(ttl time.Duration) error {
 	if ttl <= 0 {
 		return fmt.Errorf("%w: TTL must be positive", store.ErrInvalid)
 	}
-	if ttlSeconds(ttl) > s.cfg.MarkerTTL {
-		return fmt.Errorf("%w: TTL %s is longer than the bucket's longest lease %s (its marker TTL; raise --marker-ttl)", store.ErrInvalid, ttl, s.cfg.MarkerTTL)
+	if longest := s.longest(); ttlSeconds(ttl) > longest {
+		return fmt.Errorf("%w: TTL %s is longer than the bucket's longest lease %s (its marker TTL; raise --marker-ttl)", store.ErrInvalid, ttl, longest)
 	}
 	return nil
 }

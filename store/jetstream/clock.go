@@ -46,6 +46,16 @@ type serverClock struct {
 	ts   time.Time // a server "now"
 	at   time.Time // this process's time (monotonic) when ts was current
 	have bool
+	// skewForTest moves the server's present time as the store sees it
+	// (tests only: a lease past its end whose message the server still
+	// has).
+	skewForTest time.Duration
+}
+
+func (c *serverClock) skew() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.skewForTest
 }
 
 // estimate is the server's present time by the last sample and the
@@ -56,7 +66,7 @@ func (c *serverClock) estimate() (time.Time, bool) {
 	if !c.have {
 		return time.Time{}, false
 	}
-	return c.ts.Add(time.Since(c.at)), true
+	return c.ts.Add(time.Since(c.at) + c.skewForTest), true
 }
 
 func (c *serverClock) set(ts, sent time.Time) {
@@ -75,7 +85,10 @@ func (s *Store) serverNow(ctx context.Context) (time.Time, error) {
 		return time.Time{}, unavailable(err)
 	}
 	var info struct {
-		TS    time.Time        `json:"ts"`
+		TS     time.Time `json:"ts"`
+		Config struct {
+			MarkerTTL time.Duration `json:"subject_delete_marker_ttl"`
+		} `json:"config"`
 		Error *natsjs.APIError `json:"error"`
 	}
 	if err := json.Unmarshal(resp.Data, &info); err != nil {
@@ -88,7 +101,13 @@ func (s *Store) serverNow(ctx context.Context) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("jetstream: stream info from nats-server %s has no server time", s.nc.ConnectedServerVersion())
 	}
 	s.clock.set(info.TS, sent)
-	return info.TS, nil
+	for {
+		cur := s.markerTTL.Load()
+		if int64(info.Config.MarkerTTL) <= cur || s.markerTTL.CompareAndSwap(cur, int64(info.Config.MarkerTTL)) {
+			break
+		}
+	}
+	return info.TS.Add(s.clock.skew()), nil
 }
 
 // surelyLive reports whether the lease st describes is live by the clock
@@ -133,8 +152,15 @@ func (s *Store) reapMsg(key string, st lockState) *nats.Msg {
 
 // reap replaces the lease st on key, which has ended by the server's clock.
 // Losing the compare-and-set means someone else moved the key on: the
-// hint is refreshed so that the reaper does not try again.
+// hint is refreshed so that the reaper does not try again. Nothing is sent
+// while the watcher is broken: st may come from a history the stream lost.
 func (s *Store) reap(ctx context.Context, key string, st lockState) {
+	s.mu.Lock()
+	broken := s.w.broken
+	s.mu.Unlock()
+	if broken || !s.nc.IsConnected() {
+		return
+	}
 	ack, err := s.publish(ctx, s.reapMsg(key, st))
 	switch {
 	case err == nil:

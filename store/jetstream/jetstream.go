@@ -93,9 +93,13 @@ type Store struct {
 	lockPfx string // $KV.<bucket>.l.
 	objPfx  string // $KV.<bucket>.o.
 	objTTL  string // Nats-TTL for objects, "" for none
-	markTTL string // Nats-TTL for release markers
-	clock   serverClock
-	status  chan nats.Status
+	// markerTTL is the bucket's marker TTL, the longest lease: Config's,
+	// or the bucket's when that is longer (read at start and with every
+	// clock sample, so that an operator's nats stream edit raising it is
+	// seen within a second; it never shrinks).
+	markerTTL atomic.Int64
+	clock     serverClock
+	status    chan nats.Status
 
 	mu     sync.Mutex
 	closed bool                 // Close began: no new background work
@@ -189,7 +193,6 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 		stream:  "KV_" + cfg.Bucket,
 		lockPfx: "$KV." + cfg.Bucket + ".l.",
 		objPfx:  "$KV." + cfg.Bucket + ".o.",
-		markTTL: ttlHeader(cfg.MarkerTTL),
 		hints:   make(map[string]lockState),
 		done:    make(chan struct{}),
 	}
@@ -205,10 +208,8 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s.str = st
-	if have := st.CachedInfo().Config.SubjectDeleteMarkerTTL; have > s.cfg.MarkerTTL {
-		// The bucket keeps markers longer than asked: adopt it.
-		s.cfg.MarkerTTL, s.markTTL = have, ttlHeader(have)
-	}
+	// The bucket may keep markers longer than asked: adopt it.
+	s.markerTTL.Store(int64(max(cfg.MarkerTTL, st.CachedInfo().Config.SubjectDeleteMarkerTTL)))
 	s.bg, s.stop = context.WithCancel(context.Background())
 	if _, err := s.serverNow(ctx); err != nil {
 		s.stop()
@@ -249,6 +250,9 @@ func (s *Store) Close() error {
 	})
 	return nil
 }
+
+// longest is the longest lease the bucket allows: its marker TTL.
+func (s *Store) longest() time.Duration { return time.Duration(s.markerTTL.Load()) }
 
 // background runs fn in a goroutine that Close waits for, unless Close has
 // begun.

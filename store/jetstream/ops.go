@@ -21,7 +21,7 @@ func (s *Store) readLock(ctx context.Context, key string) (lockState, error) {
 	if m == nil {
 		return lockState{}, nil
 	}
-	st := parse(m.Sequence, m.Header, m.Time, s.cfg.MarkerTTL)
+	st := parse(m.Sequence, m.Header, m.Time, s.longest())
 	s.setHint(key, st)
 	return st, nil
 }
@@ -119,7 +119,7 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 	// Without a hint, assume a never-used key (expected sequence 0): one
 	// round trip for new keys, a re-read on mismatch.
 	cur, _ := s.getHint(key)
-	fresh, inFlight := false, false
+	fresh, inFlight, recheckedLongest := false, false, false
 	for attempt := 0; attempt < 6; attempt++ {
 		if !fresh && (attempt > 0 || cur.held) {
 			// A hint of a lease may be stale, and only a read gives the
@@ -129,6 +129,18 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 				return store.Grant{}, err
 			}
 			fresh = true
+		}
+		if cur.overlong && !recheckedLongest {
+			// A lease longer than the longest this store knows: an
+			// operator may have raised the bucket's marker TTL since.
+			recheckedLongest = true
+			if _, err := s.serverNow(ctx); err != nil {
+				return store.Grant{}, err
+			}
+			if cur.ttl <= s.longest() {
+				fresh = false
+				continue
+			}
 		}
 		alive, err := s.live(ctx, key, cur)
 		if err != nil {
@@ -220,6 +232,16 @@ func (s *Store) held(ctx context.Context, key string, me []byte, trustHint bool)
 	st, err := s.readLock(ctx, key)
 	if err != nil {
 		return lockState{}, err
+	}
+	if st.overlong {
+		// Longer than the longest lease this store knows: the bucket's
+		// marker TTL may have been raised since.
+		if _, err := s.serverNow(ctx); err != nil {
+			return lockState{}, err
+		}
+		if st, err = s.readLock(ctx, key); err != nil {
+			return lockState{}, err
+		}
 	}
 	if !st.held || !sameHolder(st.rec.Holder, me) {
 		return lockState{}, store.ErrNotHeld
@@ -358,12 +380,30 @@ func (s *Store) Get(ctx context.Context, key string) (store.Info, error) {
 				continue
 			}
 		}
-		alive, err := s.live(ctx, key, st)
-		if err != nil {
-			return store.Info{}, err
+		if st.held {
+			gone, err := s.ended(ctx, st)
+			if err != nil {
+				return store.Info{}, err
+			}
+			if gone {
+				// The lease has ended by the server's clock, but its
+				// message is still there (the server's expiry pass
+				// runs every 250 ms, or the server brought it back),
+				// and a write sent before the end may still land.
+				// Replace it before saying "unlocked", then read again:
+				// no write of the old holder lands after that.
+				ack, err := s.publish(ctx, s.reapMsg(key, st))
+				if err != nil && !errors.Is(err, errWrongSeq) {
+					return store.Info{}, err
+				}
+				if err == nil {
+					s.setHint(key, lockState{seq: ack.Sequence, rec: st.rec, token: st.token})
+					s.reaped.Add(1)
+				}
+				continue
+			}
 		}
-		st.held = alive
-		return store.Info{Locked: alive, Lease: st.lease(), Value: o.v}, nil
+		return store.Info{Locked: st.held, Lease: st.lease(), Value: o.v}, nil
 	}
 	return store.Info{}, fmt.Errorf("%w: get %s: the key kept changing while it was read", store.ErrUnavailable, key)
 }

@@ -52,7 +52,8 @@ type lockState struct {
 	// corrupt: a lease message whose record cannot be a lease this store
 	// wrote (no TTL, unreadable record, token beyond its own sequence). It
 	// is never treated as a live lease: an acquire replaces it.
-	corrupt string
+	corrupt  string
+	overlong bool // corrupt only for a TTL beyond the longest lease known
 	// watched: the watcher applied this very message (not only the
 	// store's own publish or read), so it applied every earlier one.
 	watched bool
@@ -166,6 +167,8 @@ func parse(seq uint64, hdr nats.Header, stored time.Time, maxTTL time.Duration) 
 		st.corrupt = "lease message without a server TTL (Nats-TTL " + strconv.Quote(hdr.Get(natsjs.MsgTTLHeader)) + ")"
 	case ttl > maxTTL:
 		st.corrupt = "lease TTL " + ttl.String() + " beyond the bucket's longest lease " + maxTTL.String()
+		st.overlong = true
+		st.ttl = ttl
 	case stored.IsZero():
 		st.corrupt = "lease message without a stored time"
 	}

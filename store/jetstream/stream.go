@@ -176,6 +176,10 @@ func checkStream(want, have natsjs.StreamConfig) (*natsjs.StreamConfig, error) {
 	switch {
 	case have.Mirror != nil:
 		return nil, mismatch("mirror", have.Mirror.Name, "", "bucket %s's stream %s is a mirror of %s and accepts no writes: %s", bucket, have.Name, have.Mirror.Name, other)
+	case have.SubjectTransform != nil:
+		return nil, mismatch("subject_transform", have.SubjectTransform.Source+" > "+have.SubjectTransform.Destination, "",
+			"bucket %s's stream %s transforms subjects (%s > %s): lockservice would not find the leases it writes: %s",
+			bucket, have.Name, have.SubjectTransform.Source, have.SubjectTransform.Destination, other)
 	case have.Sealed:
 		return nil, mismatch("sealed", "true", "false", "bucket %s's stream %s is sealed and accepts no writes: %s", bucket, have.Name, other)
 	case !slices.Contains(have.Subjects, want.Subjects[0]):

@@ -66,6 +66,9 @@ func TestNewRefusesABucketWithOtherSettings(t *testing.T) {
 			[]string{"discard old"}},
 		{"other subjects", func(c *natsjs.StreamConfig) { c.Subjects = []string{"elsewhere.>"} }, jetstream.Config{}, "subjects",
 			[]string{"elsewhere.>", "writes to $KV."}},
+		{"subject transform", func(c *natsjs.StreamConfig) {
+			c.SubjectTransform = &natsjs.SubjectTransformConfig{Source: ">", Destination: "moved.>"}
+		}, jetstream.Config{}, "subject_transform", []string{"transforms subjects"}},
 		{"deny purge", func(c *natsjs.StreamConfig) {
 			c.DenyPurge, c.AllowRollup, c.SubjectDeleteMarkerTTL = true, false, 0
 		}, jetstream.Config{}, "deny_purge", []string{"denies purges"}},

@@ -61,7 +61,10 @@ func (s *Store) startWatch(ctx context.Context) error {
 	gen := s.w.gen
 	old := s.w.cc
 	s.w.cc = nil
-	s.w.oldPos = s.w.pos
+	if old != nil {
+		// Only a consumer that ran has a position (a failed try left 0).
+		s.w.oldPos = s.w.pos
+	}
 	if s.w.gen == 1 {
 		s.w.oldPos = info.State.LastSeq // no events for what was there before New
 	}
@@ -246,7 +249,7 @@ func (s *Store) applyLocked(seq uint64, subj string, hdr nats.Header, stored tim
 		return store.Event{}, false
 	}
 	key := subj[len(s.lockPfx):]
-	st := parse(seq, hdr, stored, s.cfg.MarkerTTL)
+	st := parse(seq, hdr, stored, s.longest())
 	st.watched = true
 	if st.corrupt != "" {
 		s.log.Warn("lease subject holds a record lockservice did not write; treated as free (an acquire replaces it)",

@@ -82,7 +82,7 @@ func (p *cutProxy) Heal() {
 	p.mu.Unlock()
 }
 
-// TestReview2ParkedWaitWokenAfterReleaseMissedInDisconnect: a wait parked
+// TestParkedWaitWokenAfterReleaseMissedInDisconnect: a wait parked
 // on instance B must be answered once the key is released, even when B's
 // connection to NATS was down at the moment of the release (so the
 // lock.released event, core NATS, never reached it). B's store watcher is
@@ -91,7 +91,7 @@ func (p *cutProxy) Heal() {
 // Expired (onStoreEvent), and no other path re-checks parked keys: the wait
 // stays parked until its wait_ms, although the key has been free since the
 // release.
-func TestReview2ParkedWaitWokenAfterReleaseMissedInDisconnect(t *testing.T) {
+func TestParkedWaitWokenAfterReleaseMissedInDisconnect(t *testing.T) {
 	srv := testsrv.NATS(t, "")
 	url := srv.ClientURL()
 	px := newCutProxy(t, srv.Addr().String())
@@ -262,14 +262,14 @@ func (p *stallProxy) Resume() {
 	p.mu.Unlock()
 }
 
-// TestReview2ParkedWaitWokenAfterReleaseWithLostAck: the store applies a
+// TestParkedWaitWokenAfterReleaseWithLostAck: the store applies a
 // release but its ack arrives after the service's store timeout (a slow
 // link to NATS, a busy server): the client gets 503 (outcome unknown) and
 // the service publishes no lock.released event and wakes no local waiter.
 // The key is free, and the instance's own store watcher sees the release
 // marker (a store.Released event), but the service ignores it: a wait
 // parked on this very instance stays parked until its wait_ms.
-func TestReview2ParkedWaitWokenAfterReleaseWithLostAck(t *testing.T) {
+func TestParkedWaitWokenAfterReleaseWithLostAck(t *testing.T) {
 	srv := testsrv.NATS(t, "")
 	url := srv.ClientURL()
 	px := newStallProxy(t, srv.Addr().String())

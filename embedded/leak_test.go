@@ -26,10 +26,10 @@ func ourGoroutines() []string {
 	return out
 }
 
-// TestReview2NoGoroutineLeakAfterClose: after Close of an embedded server
+// TestNoGoroutineLeakAfterClose: after Close of an embedded server
 // that served locks (with a parked wait, a reap of nothing, a watcher), no
 // goroutine of lockservice, nats.go or nats-server is left.
-func TestReview2NoGoroutineLeakAfterClose(t *testing.T) {
+func TestNoGoroutineLeakAfterClose(t *testing.T) {
 	base := len(ourGoroutines())
 	for round := 0; round < 3; round++ {
 		srv, err := embedded.Start()

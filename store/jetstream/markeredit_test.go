@@ -12,14 +12,14 @@ import (
 	"github.com/lockservice/lockservice/store/storetest"
 )
 
-// TestReview2MarkerTTLRaisedWhileRunning: docs/STORES.md tells operators to
+// TestMarkerTTLRaisedWhileRunning: docs/STORES.md tells operators to
 // change a bucket deliberately with nats stream edit; raising its marker
 // TTL (subject_delete_marker_ttl) lets new instances start with a longer
 // --max-ttl. An instance started before the edit keeps the bucket's old
 // marker TTL as its longest lease and reads every longer lease as a record
 // "lockservice did not write", i.e. free: it grants a key that another
 // instance holds.
-func TestReview2MarkerTTLRaisedWhileRunning(t *testing.T) {
+func TestMarkerTTLRaisedWhileRunning(t *testing.T) {
 	srv := testsrv.NATS(t, "")
 	ctx := t.Context()
 	old, err := jetstream.New(ctx, testsrv.Connect(t, srv), jetstream.Config{Bucket: "edit", MarkerTTL: 5 * time.Second})
