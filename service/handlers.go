@@ -114,10 +114,14 @@ func (s *Service) release(r *request) {
 	s.respond(r, api.ReleaseResponse{Key: r.key, Released: true})
 }
 
-// released announces a release and wakes local waiters.
+// released announces a release and wakes local waiters. With a store that
+// reports releases itself (store.Notifier), the store's event wakes them:
+// once per release, also when this call's answer was lost.
 func (s *Service) released(key string) {
 	s.publishEvent(api.EventReleased, key, 0)
-	s.wake(key, false)
+	if _, ok := s.st.(store.Notifier); !ok {
+		s.wake(key, false)
+	}
 }
 
 func (s *Service) delete(r *request) {

@@ -630,6 +630,9 @@ func (s *Service) onEvent(m *nats.Msg) {
 	if m.Header.Get(api.HandedOffHeader) != "" {
 		return // the lock went straight to the next holder: still locked
 	}
+	if _, ok := s.st.(store.Notifier); ok {
+		return // this instance sees releases in the store itself
+	}
 	if len(rest) > len(api.EventReleased)+1 {
 		s.wake(rest[len(api.EventReleased)+1:], false)
 	}
@@ -715,11 +718,11 @@ func (s *Service) onStoreEvent(e store.Event) {
 		return
 	}
 	if e.Kind == store.Released {
-		// Releases also arrive as NATS events from whichever instance
-		// released, but only when its store call answered (not after a
-		// lost acknowledgement) and only to instances connected at that
-		// moment: the store's own view wakes the waiters here too. The
-		// event is published by the releasing instance.
+		// The one wake-up for a release with such a store: the NATS
+		// release event is sent only when the store call answered (not
+		// after a lost acknowledgement) and reaches only instances
+		// connected at that moment. The event is published by the
+		// releasing instance.
 		s.wake(e.Key, false)
 		return
 	}

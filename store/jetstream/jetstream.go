@@ -101,8 +101,9 @@ type Store struct {
 	clock     serverClock
 	status    chan nats.Status
 
+	bgMu   sync.Mutex // guards closed
+	closed bool       // Close began: no new background work
 	mu     sync.Mutex
-	closed bool                 // Close began: no new background work
 	hints  map[string]lockState // last state seen per key: a hint only
 	notify func(store.Event)
 	w      watchState
@@ -236,9 +237,9 @@ func (s *Store) Close() error {
 		close(s.done)
 		s.stop()
 		s.nc.RemoveStatusListener(s.status)
-		s.mu.Lock()
+		s.bgMu.Lock()
 		s.closed = true
-		s.mu.Unlock()
+		s.bgMu.Unlock()
 		s.wg.Wait()
 		s.mu.Lock()
 		cc := s.w.cc
@@ -257,8 +258,8 @@ func (s *Store) longest() time.Duration { return time.Duration(s.markerTTL.Load(
 // background runs fn in a goroutine that Close waits for, unless Close has
 // begun.
 func (s *Store) background(fn func()) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
 	if s.closed {
 		return
 	}

@@ -22,6 +22,14 @@ func (s *Store) readLock(ctx context.Context, key string) (lockState, error) {
 		return lockState{}, nil
 	}
 	st := parse(m.Sequence, m.Header, m.Time, s.longest())
+	if st.overlong {
+		// Longer than the longest lease this store knows: an operator
+		// may have raised the bucket's marker TTL since the last sample.
+		if _, err := s.serverNow(ctx); err != nil {
+			return lockState{}, err
+		}
+		st = parse(m.Sequence, m.Header, m.Time, s.longest())
+	}
 	s.setHint(key, st)
 	return st, nil
 }
@@ -119,7 +127,7 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 	// Without a hint, assume a never-used key (expected sequence 0): one
 	// round trip for new keys, a re-read on mismatch.
 	cur, _ := s.getHint(key)
-	fresh, inFlight, recheckedLongest := false, false, false
+	fresh, inFlight := false, false
 	for attempt := 0; attempt < 6; attempt++ {
 		if !fresh && (attempt > 0 || cur.held) {
 			// A hint of a lease may be stale, and only a read gives the
@@ -129,18 +137,6 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 				return store.Grant{}, err
 			}
 			fresh = true
-		}
-		if cur.overlong && !recheckedLongest {
-			// A lease longer than the longest this store knows: an
-			// operator may have raised the bucket's marker TTL since.
-			recheckedLongest = true
-			if _, err := s.serverNow(ctx); err != nil {
-				return store.Grant{}, err
-			}
-			if cur.ttl <= s.longest() {
-				fresh = false
-				continue
-			}
 		}
 		alive, err := s.live(ctx, key, cur)
 		if err != nil {
@@ -232,16 +228,6 @@ func (s *Store) held(ctx context.Context, key string, me []byte, trustHint bool)
 	st, err := s.readLock(ctx, key)
 	if err != nil {
 		return lockState{}, err
-	}
-	if st.overlong {
-		// Longer than the longest lease this store knows: the bucket's
-		// marker TTL may have been raised since.
-		if _, err := s.serverNow(ctx); err != nil {
-			return lockState{}, err
-		}
-		if st, err = s.readLock(ctx, key); err != nil {
-			return lockState{}, err
-		}
 	}
 	if !st.held || !sameHolder(st.rec.Holder, me) {
 		return lockState{}, store.ErrNotHeld

@@ -61,10 +61,9 @@ func (s *Store) startWatch(ctx context.Context) error {
 	gen := s.w.gen
 	old := s.w.cc
 	s.w.cc = nil
-	if old != nil {
-		// Only a consumer that ran has a position (a failed try left 0).
-		s.w.oldPos = s.w.pos
-	}
+	// The highest position any earlier consumer reached: a rebuild that
+	// failed, or was replaced before it caught up, left a lower one.
+	s.w.oldPos = max(s.w.oldPos, s.w.pos)
 	if s.w.gen == 1 {
 		s.w.oldPos = info.State.LastSeq // no events for what was there before New
 	}
@@ -251,6 +250,20 @@ func (s *Store) applyLocked(seq uint64, subj string, hdr nats.Header, stored tim
 	key := subj[len(s.lockPfx):]
 	st := parse(seq, hdr, stored, s.longest())
 	st.watched = true
+	if st.overlong {
+		// Maybe a newer instance's lease after the bucket's marker TTL
+		// was raised: settle it with a read (which re-reads the marker
+		// TTL) instead of taking it as a release now.
+		st.corrupt, st.held = "", true
+		st.exact = false // never reaped on this view
+		s.setHintLocked(key, st)
+		s.background(func() {
+			ctx, cancel := context.WithTimeout(s.bg, 5*time.Second)
+			defer cancel()
+			_, _ = s.readLock(ctx, key)
+		})
+		return store.Event{}, false
+	}
 	if st.corrupt != "" {
 		s.log.Warn("lease subject holds a record lockservice did not write; treated as free (an acquire replaces it)",
 			"key", key, "seq", seq, "why", st.corrupt)

@@ -10,7 +10,7 @@ import (
 	"github.com/lockservice/lockservice/store"
 )
 
-// TestReview3RebuildTwiceReportsOldReleases: two breaks in quick
+// TestRebuildTwiceReportsOldReleases: two breaks in quick
 // succession (a connection that flaps: the rebuild after the first break
 // is itself broken before its consumer has delivered the replay). The
 // second rebuild takes the interrupted consumer's position (0, or wherever
@@ -20,7 +20,7 @@ import (
 // long before, above that position, is then reported again as released (or
 // expired, and the service republishes lock.expired for it), although
 // nothing happened on the bucket.
-func TestReview3RebuildTwiceReportsOldReleases(t *testing.T) {
+func TestRebuildTwiceReportsOldReleases(t *testing.T) {
 	srv := testsrv.NATS(t, "")
 	ctx := t.Context()
 	w, err := New(ctx, testsrv.Connect(t, srv), Config{Bucket: "flap"})

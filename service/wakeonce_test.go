@@ -26,7 +26,7 @@ func (n notifyingCountingStore) Notify(fn func(store.Event)) {
 	n.countingStore.Store.(store.Notifier).Notify(fn)
 }
 
-// TestReview3OneReleaseOneAttempt: TestOneAttemptPerWake with the store's
+// TestOneReleaseOneAttempt: TestOneAttemptPerWake with the store's
 // own events wired, as in production (jsstore implements Notifier). One
 // release with 20 parked acquirers must cost one store attempt on the
 // instance. Since f597c89 onStoreEvent also wakes on the store's Released
@@ -34,7 +34,7 @@ func (n notifyingCountingStore) Notify(fn func(store.Event)) {
 // second wake-up runs a second Acquire (for the next in line, which can
 // only fail), so every release costs 2 attempts per instance that has
 // requests parked.
-func TestReview3OneReleaseOneAttempt(t *testing.T) {
+func TestOneReleaseOneAttempt(t *testing.T) {
 	srv := testsrv.NATS(t, "")
 	cs := &countingStore{Store: jetstreamBackend().newStore(t, srv.ClientURL())}
 	st := notifyingCountingStore{cs}

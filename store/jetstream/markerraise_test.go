@@ -13,7 +13,7 @@ import (
 	"github.com/lockservice/lockservice/store/storetest"
 )
 
-// TestReview3GetAfterMarkerTTLRaised: TestMarkerTTLRaisedWhileRunning for
+// TestGetAfterMarkerTTLRaised: TestMarkerTTLRaisedWhileRunning for
 // get. f597c89 made Acquire and held() re-read the bucket's marker TTL
 // before treating an "overlong" lease as a record lockservice did not
 // write, but Get does not: an instance started before the operator raised
@@ -23,7 +23,7 @@ import (
 //
 // Each round raises the marker TTL again, so the old instance cannot have
 // sampled the latest value before its Get.
-func TestReview3GetAfterMarkerTTLRaised(t *testing.T) {
+func TestGetAfterMarkerTTLRaised(t *testing.T) {
 	srv := testsrv.NATS(t, "")
 	ctx := t.Context()
 	old, err := jetstream.New(ctx, testsrv.Connect(t, srv), jetstream.Config{Bucket: "edit", MarkerTTL: 5 * time.Second})
@@ -66,15 +66,15 @@ func TestReview3GetAfterMarkerTTLRaised(t *testing.T) {
 	t.Logf("%d of 3 gets wrong", wrong)
 }
 
-// TestReview3RefreshPastOldMarkerTTLIsNoRelease: after an operator raised
+// TestRefreshPastOldMarkerTTLIsNoRelease: after an operator raised
 // the bucket's marker TTL, a holder refreshes its lease (through a newer
 // instance) to a TTL above the marker TTL an older instance started with.
 // The older instance's watcher parses the refreshed lease as a record
 // lockservice did not write, i.e. free, and reports a store.Released event
 // for a key nobody released. Since f597c89 the service wakes parked
 // requests on that event, and a parked wait is then answered by Get (see
-// TestReview3GetAfterMarkerTTLRaised), which also says "unlocked".
-func TestReview3RefreshPastOldMarkerTTLIsNoRelease(t *testing.T) {
+// TestGetAfterMarkerTTLRaised), which also says "unlocked".
+func TestRefreshPastOldMarkerTTLIsNoRelease(t *testing.T) {
 	srv := testsrv.NATS(t, "")
 	ctx := t.Context()
 	old, err := jetstream.New(ctx, testsrv.Connect(t, srv), jetstream.Config{Bucket: "edit", MarkerTTL: 5 * time.Second})
