@@ -260,7 +260,18 @@ func (s *Store) applyLocked(seq uint64, subj string, hdr nats.Header, stored tim
 		s.background(func() {
 			ctx, cancel := context.WithTimeout(s.bg, 5*time.Second)
 			defer cancel()
-			_, _ = s.readLock(ctx, key)
+			st, err := s.readLock(ctx, key)
+			if err != nil || st.seq != seq || st.corrupt == "" {
+				return // held after all, or moved on: its own message tells
+			}
+			s.log.Warn("lease subject holds a record lockservice did not write; treated as free (an acquire replaces it)",
+				"key", key, "seq", seq, "why", st.corrupt)
+			s.mu.Lock()
+			fn := s.notify
+			s.mu.Unlock()
+			if fn != nil {
+				fn(store.Event{Key: key, Kind: store.Released})
+			}
 		})
 		return store.Event{}, false
 	}

@@ -37,7 +37,7 @@ func foreignLease(t *testing.T, nc *nats.Conn, key, ttl string) {
 	}
 }
 
-// TestReview4ForeignOverlongLeaseWakesParked: docs/STORES.md ("Records
+// TestForeignOverlongLeaseWakesParked: docs/STORES.md ("Records
 // written by someone else") says a lease message lockservice could not
 // have written (no TTL, Nats-TTL never, a TTL beyond the longest lease, ...)
 // "is logged and treated as a free key that the next acquire replaces".
@@ -51,7 +51,7 @@ func foreignLease(t *testing.T, nc *nats.Conn, key, ttl string) {
 // (here 8 s), and in production stay parked for the whole wait_ms (up to
 // 10 min) while the key is free. No warning is logged for it either.
 // Passes on 354c7d6 (the parent of 96b1f5d): a regression of 96b1f5d.
-func TestReview4ForeignOverlongLeaseWakesParked(t *testing.T) {
+func TestForeignOverlongLeaseWakesParked(t *testing.T) {
 	for _, tc := range []struct{ name, ttl string }{
 		{"no TTL", ""},
 		{"TTL beyond the marker TTL", "1h"},
