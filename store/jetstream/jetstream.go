@@ -116,6 +116,7 @@ type Store struct {
 	stop      context.CancelFunc // cancels bg: background requests end with Close
 	closeOnce sync.Once
 	wg        sync.WaitGroup
+	stops     sync.WaitGroup // watcher consumers being stopped
 }
 
 // Stats are counters of one Store since New.
@@ -242,11 +243,16 @@ func (s *Store) Close() error {
 		s.bgMu.Unlock()
 		s.wg.Wait()
 		s.mu.Lock()
-		cc := s.w.cc
+		cur := s.w.cur
+		s.w.cur = nil
 		s.w.gen++ // late callbacks are ignored
 		s.mu.Unlock()
-		if cc != nil {
-			cc.Stop()
+		s.stopWatcherAsync(cur)
+		stopped := make(chan struct{})
+		go func() { s.stops.Wait(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(3 * time.Second): // a consumer being recreated after its server died
 		}
 	})
 	return nil

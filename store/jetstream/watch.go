@@ -42,7 +42,7 @@ type watchState struct {
 	// before holds the previous consumer's hints while the current one
 	// replays the stream: they decide which replayed releases are news.
 	before  map[string]lockState
-	cc      natsjs.ConsumeContext
+	cur     *watcher      // the current consumer, nil while none runs
 	rebuild chan struct{} // signals the rebuilder; buffered 1
 }
 
@@ -59,8 +59,8 @@ func (s *Store) startWatch(ctx context.Context) error {
 	s.mu.Lock()
 	s.w.gen++
 	gen := s.w.gen
-	old := s.w.cc
-	s.w.cc = nil
+	old := s.w.cur
+	s.w.cur = nil
 	// The highest position any earlier consumer reached: a rebuild that
 	// failed, or was replaced before it caught up, left a lower one.
 	s.w.oldPos = max(s.w.oldPos, s.w.pos)
@@ -80,9 +80,7 @@ func (s *Store) startWatch(ctx context.Context) error {
 	}
 	s.hints = make(map[string]lockState)
 	s.mu.Unlock()
-	if old != nil {
-		old.Stop()
-	}
+	s.stopWatcherAsync(old)
 	cons, err := s.js.OrderedConsumer(ctx, s.stream, natsjs.OrderedConsumerConfig{
 		FilterSubjects: []string{s.lockPfx + ">", s.objPfx + ">"},
 		DeliverPolicy:  natsjs.DeliverLastPerSubjectPolicy,
@@ -91,30 +89,86 @@ func (s *Store) startWatch(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ordered consumer: %w", err)
 	}
-	var consumer string
-	cc, err := cons.Consume(func(m natsjs.Msg) { s.observe(gen, &consumer, m) },
+	wt := &watcher{first: cons.CachedInfo().Name}
+	wt.name = wt.first
+	cc, err := cons.Consume(func(m natsjs.Msg) { s.observe(gen, &wt.name, m) },
 		natsjs.ConsumeErrHandler(func(_ natsjs.ConsumeContext, err error) {
 			if !errors.Is(err, natsjs.ErrConsumerLeadershipChanged) {
 				s.suspect(gen)
 			}
-		}))
+		}),
+		// The consumer may live on another server of a cluster than the
+		// connection: its loss shows only as missing heartbeats (two).
+		natsjs.PullHeartbeat(watchHeartbeat))
 	if err != nil {
+		s.deleteConsumers(wt.first)
 		return fmt.Errorf("consume: %w", err)
 	}
+	wt.cc = cc
 	pending := cons.CachedInfo().NumPending
 	s.mu.Lock()
 	if s.w.gen != gen {
 		s.mu.Unlock()
-		cc.Stop()
+		s.stopWatcherAsync(wt)
 		return nil
 	}
-	s.w.cc = cc
+	s.w.cur = wt
 	if pending == 0 {
 		s.w.caughtUp = true
 		s.w.before = nil
 	}
 	s.mu.Unlock()
 	return nil
+}
+
+// watchHeartbeat is the watcher consumer's idle heartbeat: a consumer on a
+// server that died is noticed after two missed ones.
+const watchHeartbeat = 500 * time.Millisecond
+
+// watcher is one consumer of the watcher: its consume context and the
+// names nats.go gave it (it recreates the consumer after gaps).
+type watcher struct {
+	cc    natsjs.ConsumeContext
+	first string
+	name  string // the latest, guarded by Store.mu (observe sets it)
+}
+
+// stopWatcherAsync stops w and deletes its consumers on the server
+// (stopping an ordered consumer leaves them there until their inactivity
+// threshold), in the background: while nats.go is recreating a consumer
+// whose server died, Stop waits for it (10 s and more), and a rebuild must
+// not.
+func (s *Store) stopWatcherAsync(w *watcher) {
+	if w == nil {
+		return
+	}
+	s.stops.Add(1)
+	go func() {
+		defer s.stops.Done()
+		s.stopWatcher(w)
+	}()
+}
+
+func (s *Store) stopWatcher(w *watcher) {
+	w.cc.Stop()
+	s.mu.Lock()
+	names := []string{w.first}
+	if w.name != w.first && w.name != "" {
+		names = append(names, w.name)
+	}
+	s.mu.Unlock()
+	s.deleteConsumers(names...)
+}
+
+func (s *Store) deleteConsumers(names ...string) {
+	if !s.nc.IsConnected() {
+		return // the server drops them after their inactivity threshold
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for _, n := range names {
+		_ = s.js.DeleteConsumer(ctx, s.stream, n)
+	}
 }
 
 // suspect distrusts the watcher of generation gen (0: whichever is current)

@@ -69,13 +69,13 @@ func parkAcquire(cl *nats.Conn, key string, waitMs int, out chan<- parkedResult)
 	out <- r
 }
 
-// TestReview5ParkedAfterNATSRestart: a real nats-server (file store) is
+// TestParkedAfterNATSRestart: a real nats-server (file store) is
 // killed with kill -9 while 2000 keys are held (long leases) and requests
 // are parked in the service on other keys: some whose leases end while the
 // server is down, some released after it is back, some on long-held keys
 // (they must time out). The service's API runs on another NATS server, so
 // the parked requests' clients are not disconnected.
-func TestReview5ParkedAfterNATSRestart(t *testing.T) {
+func TestParkedAfterNATSRestart(t *testing.T) {
 	needBinaries(t)
 	procs, addrs := startNATS(t, 1)
 	ctx := t.Context()

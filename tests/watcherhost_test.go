@@ -2,7 +2,6 @@ package tests
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
@@ -44,17 +43,21 @@ func watcherHost(t *testing.T, js natsjs.JetStream, stream string, seen map[stri
 	return hosts[0]
 }
 
-// TestReview5WatcherHostKilledParkedNotWoken: on an R3 bucket the store's
+// TestParkedWokenAfterTheWatcherHostDies: on an R3 bucket the store's
 // watcher (an R1 ordered consumer) lives on one of the three servers,
 // chosen at random, not necessarily the one the instance is connected to.
-// When that server dies, the instance's connection stays up, so nothing
-// tells the store that its watcher is gone until nats.go misses two
-// heartbeats (5 s each). Meanwhile releases are not seen, and requests
-// parked on this instance are not woken: a blocking acquire on a key
-// released 1 s after the kill is granted about 9 s after the release (or
-// answers "not acquired" if its wait_ms ends first) while the key is free. A single server's failure on an R3
-// cluster, with quorum kept throughout.
-func TestReview5WatcherHostKilledParkedNotWoken(t *testing.T) {
+// When that server dies the instance's connection stays up, so the store
+// learns that its watcher is gone only from missed heartbeats; until it has
+// rebuilt the watcher, releases are not seen and requests parked on this
+// instance are not woken. With nats.go's default (5 s heartbeats) and a
+// rebuild that waited for nats.go's own reset of the dead consumer, a
+// blocking acquire on a key released 1 s after the kill was granted about
+// 9 s after the release, while the key was free (found by review). A single
+// server's failure on an R3 cluster, with quorum kept throughout.
+func TestParkedWokenAfterTheWatcherHostDies(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills a nats-server of a 3-node cluster")
+	}
 	needBinaries(t)
 	procs, addrs := startNATS(t, 3)
 	ctx := t.Context()
@@ -149,84 +152,11 @@ func TestReview5WatcherHostKilledParkedNotWoken(t *testing.T) {
 			r.at.Sub(released).Round(time.Millisecond), r.acquired, r.code, info.Locked, err)
 	}
 	t.Logf("parked acquire granted %v after the release", r.at.Sub(released).Round(time.Millisecond))
-	if d := r.at.Sub(released); d > 2*time.Second {
+	// Woken by the rebuilt watcher: two missed heartbeats (1 s), a
+	// consumer placed on a live server (a try may pick the dead one: 2 s),
+	// the replay. Before: 10 s of heartbeats, then a rebuild blocked by
+	// nats.go's own reset of the dead consumer.
+	if d := r.at.Sub(released); d > 5*time.Second {
 		t.Errorf("parked acquire granted only %v after the key's release", d.Round(time.Millisecond))
-	}
-}
-
-// TestReview5StreamInfoTimeFromAFollower (passes: a probe, not a failure):
-// the store takes the server's present time from STREAM.INFO's "ts",
-// "asking the stream leader" (clock.go). nats-server's jsStreamInfoRequest
-// also lets a member of a leaderless group answer (once JetStream has run
-// 10 s and the group had a leader), with its own clock. This kills the
-// stream leader and samples STREAM.INFO every 20 ms through the election;
-// in our runs every answer with a ts came from the new leader (requests
-// during the election went unanswered), so no follower-clock sample was
-// seen.
-func TestReview5StreamInfoTimeFromAFollower(t *testing.T) {
-	needBinaries(t)
-	procs, addrs := startNATS(t, 3)
-	ctx := t.Context()
-	nc, err := nats.Connect(natsURL(addrs), nats.MaxReconnects(-1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	st, err := jsstore.New(ctx, nc, jsstore.Config{Bucket: "r5ts", Replicas: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	js, _ := natsjs.New(nc)
-	s, err := js.Stream(ctx, "KV_r5ts")
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil || info.Cluster == nil {
-		t.Fatal(info, err)
-	}
-	leader := info.Cluster.Leader
-	// Followers answer for a leaderless group only once JetStream has run
-	// 10 s (nats-server's startupThreshold): any production cluster.
-	time.Sleep(11 * time.Second)
-	var li int
-	fmt.Sscanf(leader, "n%d", &li)
-	procs[li].Kill()
-	killed := time.Now()
-	type answer struct {
-		TS      time.Time `json:"ts"`
-		Cluster struct {
-			Leader string `json:"leader"`
-		} `json:"cluster"`
-		Error *struct {
-			Code int `json:"err_code"`
-		} `json:"error"`
-	}
-	var fromFollower, fromLeader, errs, none int
-	for time.Since(killed) < 6*time.Second {
-		c, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		m, err := nc.RequestWithContext(c, "$JS.API.STREAM.INFO.KV_r5ts", nil)
-		cancel()
-		if err != nil {
-			none++
-			continue
-		}
-		var a answer
-		_ = json.Unmarshal(m.Data, &a)
-		switch {
-		case a.Error != nil:
-			errs++
-		case a.Cluster.Leader == "" && !a.TS.IsZero():
-			fromFollower++
-		default:
-			fromLeader++
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Logf("after killing the stream leader %s: %d STREAM.INFO answers with a ts from a member while the stream had no leader, %d from the new leader, %d errors, %d unanswered",
-		leader, fromFollower, fromLeader, errs, none)
-	if fromFollower > 0 {
-		t.Errorf("%d STREAM.INFO answers carried a server time (ts) while the stream had no leader: the store's clock is then sampled from a follower", fromFollower)
 	}
 }

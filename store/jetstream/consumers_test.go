@@ -13,10 +13,10 @@ import (
 	"github.com/lockservice/lockservice/store"
 )
 
-// TestReview5CloseDuringRebuilds: Close while watcher rebuilds and store
+// TestCloseDuringRebuilds: Close while watcher rebuilds and store
 // operations are in flight. No panic, no goroutine of the store left, and
 // no consumer of the store left on the server.
-func TestReview5CloseDuringRebuilds(t *testing.T) {
+func TestCloseDuringRebuilds(t *testing.T) {
 	srv := testsrv.NATS(t, "")
 	nc := testsrv.Connect(t, srv)
 	ctx := t.Context()
@@ -104,12 +104,12 @@ func TestReview5CloseDuringRebuilds(t *testing.T) {
 	}
 }
 
-// TestReview5ClosedStoreLeavesConsumers: each watcher rebuild (any
+// TestCloseDeletesTheWatcherConsumers: each watcher rebuild (any
 // connection blip) and Close stop an ordered consumer without deleting it;
 // the server keeps it (memory, plus its pending pull request delivering the
 // bucket's replay to an inbox nobody reads) until its 5-minute inactive
 // threshold. Three blips and a Close leave four consumers behind.
-func TestReview5ClosedStoreLeavesConsumers(t *testing.T) {
+func TestCloseDeletesTheWatcherConsumers(t *testing.T) {
 	srv := testsrv.NATS(t, "")
 	ctx := t.Context()
 	s, err := New(ctx, testsrv.Connect(t, srv), Config{Bucket: "r5cons"})
