@@ -3,9 +3,6 @@ package service_test
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,72 +12,6 @@ import (
 	"github.com/lockservice/lockservice/service"
 	jsstore "github.com/lockservice/lockservice/store/jetstream"
 )
-
-// cutProxy is a TCP proxy that can drop its connections and refuse new ones.
-type cutProxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	cut    bool
-	conns  map[net.Conn]struct{}
-}
-
-func newCutProxy(t testing.TB, target string) *cutProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			cut := p.cut
-			p.mu.Unlock()
-			if cut {
-				c.Close()
-				continue
-			}
-			go p.pipe(c)
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); p.Cut() })
-	return p
-}
-
-func (p *cutProxy) pipe(c net.Conn) {
-	u, err := net.Dial("tcp", p.target)
-	if err != nil {
-		c.Close()
-		return
-	}
-	p.mu.Lock()
-	p.conns[c], p.conns[u] = struct{}{}, struct{}{}
-	p.mu.Unlock()
-	go func() { io.Copy(u, c); c.Close(); u.Close() }()
-	io.Copy(c, u)
-	c.Close()
-	u.Close()
-}
-
-func (p *cutProxy) Cut() {
-	p.mu.Lock()
-	p.cut = true
-	for c := range p.conns {
-		c.Close()
-	}
-	p.conns = map[net.Conn]struct{}{}
-	p.mu.Unlock()
-}
-
-func (p *cutProxy) Heal() {
-	p.mu.Lock()
-	p.cut = false
-	p.mu.Unlock()
-}
 
 // TestParkedWaitWokenAfterReleaseMissedInDisconnect: a wait parked
 // on instance B must be answered once the key is released, even when B's
@@ -94,10 +25,10 @@ func (p *cutProxy) Heal() {
 func TestParkedWaitWokenAfterReleaseMissedInDisconnect(t *testing.T) {
 	srv := testsrv.NATS(t, "")
 	url := srv.ClientURL()
-	px := newCutProxy(t, srv.Addr().String())
+	px := testsrv.NewProxy(t, srv.Addr().String())
 
 	// Instance B, on a connection through the proxy.
-	ncB, err := nats.Connect("nats://"+px.ln.Addr().String(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	ncB, err := nats.Connect("nats://"+px.Addr(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,91 +108,6 @@ func TestParkedWaitWokenAfterReleaseMissedInDisconnect(t *testing.T) {
 	}
 }
 
-// stallProxy forwards a TCP connection; while stalled, bytes from the
-// server to the client are held back (and delivered, in order, on resume).
-type stallProxy struct {
-	ln      net.Listener
-	mu      sync.Mutex
-	stalled bool
-	resume  chan struct{}
-}
-
-func newStallProxy(t testing.TB, target string) *stallProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &stallProxy{ln: ln}
-	var conns []net.Conn
-	var cmu sync.Mutex
-	t.Cleanup(func() {
-		ln.Close()
-		p.Resume()
-		cmu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		cmu.Unlock()
-	})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			cmu.Lock()
-			conns = append(conns, c, u)
-			cmu.Unlock()
-			go func() { io.Copy(u, c); u.Close() }()
-			go func() {
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := u.Read(buf)
-					if n > 0 {
-						p.mu.Lock()
-						ch := p.resume
-						stalled := p.stalled
-						p.mu.Unlock()
-						if stalled {
-							<-ch
-						}
-						if _, err := c.Write(buf[:n]); err != nil {
-							return
-						}
-					}
-					if err != nil {
-						c.Close()
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return p
-}
-
-func (p *stallProxy) Stall() {
-	p.mu.Lock()
-	if !p.stalled {
-		p.stalled, p.resume = true, make(chan struct{})
-	}
-	p.mu.Unlock()
-}
-
-func (p *stallProxy) Resume() {
-	p.mu.Lock()
-	if p.stalled {
-		p.stalled = false
-		close(p.resume)
-	}
-	p.mu.Unlock()
-}
-
 // TestParkedWaitWokenAfterReleaseWithLostAck: the store applies a
 // release but its ack arrives after the service's store timeout (a slow
 // link to NATS, a busy server): the client gets 503 (outcome unknown) and
@@ -272,8 +118,8 @@ func (p *stallProxy) Resume() {
 func TestParkedWaitWokenAfterReleaseWithLostAck(t *testing.T) {
 	srv := testsrv.NATS(t, "")
 	url := srv.ClientURL()
-	px := newStallProxy(t, srv.Addr().String())
-	ncStore, err := nats.Connect("nats://"+px.ln.Addr().String(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	px := testsrv.NewProxy(t, srv.Addr().String())
+	ncStore, err := nats.Connect("nats://"+px.Addr(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}

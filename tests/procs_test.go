@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -15,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lockservice/lockservice/internal/testsrv"
 )
 
 var (
@@ -194,100 +195,9 @@ func freePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// proxy is a TCP proxy on loopback that can cut every connection through it
-// (a partition) and heal, or switch its target (a failover).
-type proxy struct {
-	ln     net.Listener
-	mu     sync.Mutex
-	target string
-	cut    bool
-	conns  map[net.Conn]struct{}
-}
+// proxy is the fault tests' TCP proxy (partitions, failovers).
+type proxy = testsrv.Proxy
 
-func newProxy(t testing.TB, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
-	go p.serve()
-	t.Cleanup(func() { ln.Close(); p.Cut() })
-	return p
-}
-
-func (p *proxy) Addr() string { return p.ln.Addr().String() }
-
-func (p *proxy) serve() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		cut, target := p.cut, p.target
-		p.mu.Unlock()
-		if cut {
-			c.Close()
-			continue
-		}
-		go p.pipe(c, target)
-	}
-}
-
-func (p *proxy) pipe(c net.Conn, target string) {
-	u, err := net.DialTimeout("tcp", target, time.Second)
-	if err != nil {
-		c.Close()
-		return
-	}
-	p.mu.Lock()
-	if p.cut {
-		p.mu.Unlock()
-		c.Close()
-		u.Close()
-		return
-	}
-	p.conns[c], p.conns[u] = struct{}{}, struct{}{}
-	p.mu.Unlock()
-	done := func() {
-		c.Close()
-		u.Close()
-		p.mu.Lock()
-		delete(p.conns, c)
-		delete(p.conns, u)
-		p.mu.Unlock()
-	}
-	go func() { io.Copy(u, c); done() }()
-	io.Copy(c, u)
-	done()
-}
-
-// Cut drops every connection and refuses new ones until Heal.
-func (p *proxy) Cut() {
-	p.mu.Lock()
-	p.cut = true
-	for c := range p.conns {
-		c.Close()
-	}
-	p.mu.Unlock()
-}
-
-// Heal accepts connections again.
-func (p *proxy) Heal() {
-	p.mu.Lock()
-	p.cut = false
-	p.mu.Unlock()
-}
-
-// SetTarget points new connections at addr and drops the current ones.
-func (p *proxy) SetTarget(addr string) {
-	p.mu.Lock()
-	p.target = addr
-	for c := range p.conns {
-		c.Close()
-	}
-	p.mu.Unlock()
-}
+func newProxy(t testing.TB, target string) *proxy { return testsrv.NewProxy(t, target) }
 
 func itoa(n int) string { return strconv.Itoa(n) }

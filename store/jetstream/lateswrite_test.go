@@ -3,8 +3,6 @@ package jetstream
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -15,72 +13,6 @@ import (
 	"github.com/lockservice/lockservice/store"
 	"github.com/lockservice/lockservice/store/storetest"
 )
-
-// slowProxy forwards a TCP connection, delaying every byte from the client
-// to the server by delay (order kept); the way back is not delayed. It
-// stands for a slow network, or a GC or scheduling pause of the service
-// process between two requests.
-func slowProxy(t testing.TB, target string, delay time.Duration) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			mu.Lock()
-			conns = append(conns, c, u)
-			mu.Unlock()
-			type chunk struct {
-				at time.Time
-				b  []byte
-			}
-			q := make(chan chunk, 1<<16)
-			go func() {
-				defer close(q)
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := c.Read(buf)
-					if n > 0 {
-						q <- chunk{time.Now(), append([]byte(nil), buf[:n]...)}
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
-			go func() {
-				defer u.Close()
-				for ch := range q {
-					time.Sleep(time.Until(ch.at.Add(delay)))
-					if _, err := u.Write(ch.b); err != nil {
-						return
-					}
-				}
-			}()
-			go func() { io.Copy(c, u); c.Close() }()
-		}
-	}()
-	return "nats://" + ln.Addr().String()
-}
 
 // TestNoWriteLandsAfterAReaderSawTheLeaseEnd: a lease message stays in the
 // stream after its end until nats-server's expiry pass removes it, which
@@ -104,7 +36,7 @@ func TestNoWriteLandsAfterAReaderSawTheLeaseEnd(t *testing.T) {
 	}
 	t.Cleanup(func() { b.Close() })
 	const delay = 100 * time.Millisecond
-	ncA, err := nats.Connect(slowProxy(t, srv.Addr().String(), delay), nats.Timeout(5*time.Second))
+	ncA, err := nats.Connect("nats://"+testsrv.NewProxy(t, srv.Addr().String(), testsrv.UpstreamDelay(delay)).Addr(), nats.Timeout(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
