@@ -151,16 +151,9 @@ func (s *Store) reapMsg(key string, st lockState) *nats.Msg {
 }
 
 // reap replaces the lease st on key, which has ended by the server's clock.
-// Losing the compare-and-set means someone else moved the key on: the
-// hint is refreshed so that the reaper does not try again. Nothing is sent
-// while the watcher is broken: st may come from a history the stream lost.
-func (s *Store) reap(ctx context.Context, key string, st lockState) {
-	s.mu.Lock()
-	broken := s.w.broken
-	s.mu.Unlock()
-	if broken || !s.nc.IsConnected() {
-		return
-	}
+// Losing the compare-and-set (errWrongSeq) means someone else moved the key
+// on: the hint is refreshed so that the reaper does not try again.
+func (s *Store) reap(ctx context.Context, key string, st lockState) error {
 	ack, err := s.publish(ctx, s.reapMsg(key, st))
 	switch {
 	case err == nil:
@@ -171,6 +164,7 @@ func (s *Store) reap(ctx context.Context, key string, st lockState) {
 	case errors.Is(err, errWrongSeq):
 		_, _ = s.readLock(ctx, key)
 	}
+	return err
 }
 
 // reaper samples the server's clock and replaces leases this store knows
@@ -193,8 +187,14 @@ func (s *Store) reaper() {
 				st  lockState
 			}
 			var todo []due
+			// Hints only: nothing is sent while the watcher is broken,
+			// as they may come from a history the stream lost.
 			s.mu.Lock()
+			broken := s.w.broken
 			for k, h := range s.hints {
+				if broken {
+					break
+				}
 				if h.held && h.exact && now.Sub(h.end()) > reapGrace {
 					todo = append(todo, due{k, h})
 					if len(todo) == reapBatch {
@@ -204,7 +204,7 @@ func (s *Store) reaper() {
 			}
 			s.mu.Unlock()
 			for _, d := range todo {
-				s.reap(ctx, d.key, d.st)
+				_ = s.reap(ctx, d.key, d.st)
 			}
 		}
 		cancel()

@@ -103,7 +103,7 @@ func (s *Store) live(ctx context.Context, key string, st lockState) (bool, error
 		s.background(func() {
 			ctx, cancel := context.WithTimeout(s.bg, 5*time.Second)
 			defer cancel()
-			s.reap(ctx, key, st)
+			_ = s.reap(ctx, key, st)
 		})
 	}
 	return !gone, nil
@@ -378,13 +378,8 @@ func (s *Store) Get(ctx context.Context, key string) (store.Info, error) {
 				// and a write sent before the end may still land.
 				// Replace it before saying "unlocked", then read again:
 				// no write of the old holder lands after that.
-				ack, err := s.publish(ctx, s.reapMsg(key, st))
-				if err != nil && !errors.Is(err, errWrongSeq) {
+				if err := s.reap(ctx, key, st); err != nil && !errors.Is(err, errWrongSeq) {
 					return store.Info{}, err
-				}
-				if err == nil {
-					s.setHint(key, lockState{seq: ack.Sequence, rec: st.rec, token: st.token})
-					s.reaped.Add(1)
 				}
 				continue
 			}

@@ -182,15 +182,21 @@ func (s *Store) suspect(gen uint64) {
 		s.mu.Unlock()
 		return
 	}
+	s.breakLocked()
+	s.mu.Unlock()
+}
+
+// breakLocked marks the current watcher broken, drops the hints (keeping
+// them as the previous history's for the rebuild's replay) and asks for a
+// rebuild.
+func (s *Store) breakLocked() {
 	s.w.broken = true
 	if s.w.before == nil {
 		s.w.before = s.hints
 	}
 	s.hints = make(map[string]lockState)
-	rebuild := s.w.rebuild
-	s.mu.Unlock()
 	select {
-	case rebuild <- struct{}{}:
+	case s.w.rebuild <- struct{}{}:
 	default:
 	}
 }
@@ -216,8 +222,10 @@ func (s *Store) rebuilder(status chan nats.Status, rebuild chan struct{}) {
 		for try := 0; ; try++ {
 			if s.nc.IsConnected() {
 				// Short tries: a request sent just before a drop waits
-				// its whole timeout.
-				ctx, cancel := context.WithTimeout(s.bg, 2*time.Second)
+				// its whole timeout, and on a cluster the new consumer
+				// may be placed on a server that is down (then the try
+				// times out and the next one places it again).
+				ctx, cancel := context.WithTimeout(s.bg, time.Second)
 				err := s.startWatch(ctx)
 				cancel()
 				if err == nil {
@@ -249,15 +257,7 @@ func (s *Store) observe(gen uint64, consumer *string, m natsjs.Msg) {
 	if *consumer != md.Consumer {
 		if *consumer != "" {
 			// nats.go recreated the ordered consumer: a break.
-			s.w.broken = true
-			if s.w.before == nil {
-				s.w.before = s.hints
-			}
-			s.hints = make(map[string]lockState)
-			select {
-			case s.w.rebuild <- struct{}{}:
-			default:
-			}
+			s.breakLocked()
 		}
 		*consumer = md.Consumer
 	}
