@@ -32,6 +32,7 @@ const (
 	OpWait    = "wait"
 	OpDelete  = "delete"
 	OpCancel  = "cancel"
+	OpAlive   = "alive"
 )
 
 // Event kinds, published on <prefix>.<event>.<key>.
@@ -194,6 +195,35 @@ type AcquireRequest struct {
 	LockID string `json:"lock_id,omitempty" msgpack:"lock_id,omitempty"`
 	// Owner is a label shown by get; it authorizes nothing.
 	Owner string `json:"owner,omitempty" msgpack:"owner,omitempty"`
+	// AliveMs opts a blocking request in to the liveness window: it stays
+	// parked only while the caller renews it on <prefix>.alive.<key> at
+	// least every AliveMs (MinAlive to MaxAlive). A request not renewed in
+	// time is dropped and its lock id retired: the service never grants
+	// it after that, and gives back a grant for it that completes later.
+	// 0: no window (the request waits its whole wait_ms).
+	AliveMs int64 `json:"alive_ms,omitempty" msgpack:"alive_ms,omitempty"`
+}
+
+// MinAlive and MaxAlive bound the liveness window (alive_ms).
+const (
+	MinAlive = time.Second
+	MaxAlive = time.Minute
+)
+
+// AliveRequest is the payload of <prefix>.alive.<key>: renew the liveness
+// window of a parked acquire (ID is its lock_id) or wait (ID is its
+// wait_id). Every instance receives it; only the one that has the request
+// in progress answers.
+type AliveRequest struct {
+	ID string `json:"id" msgpack:"id"`
+}
+
+// AliveResponse is the answer of the instance that has the request. No
+// answer means no instance has it in progress: it was answered (and the
+// answer may have been lost), dropped, or its instance is gone.
+type AliveResponse struct {
+	Key   string `json:"key" msgpack:"key"`
+	Alive bool   `json:"alive" msgpack:"alive"`
 }
 
 // AcquireResponse answers an acquire.
@@ -284,6 +314,11 @@ type WaitRequest struct {
 	// WaitMs is how long to wait for the key to be unlocked; 0 answers at
 	// once (408 if locked).
 	WaitMs int64 `json:"wait_ms,omitempty" msgpack:"wait_ms,omitempty"`
+	// WaitID names the request for <prefix>.alive.<key> renewals (rules
+	// of a lock id); required with AliveMs.
+	WaitID string `json:"wait_id,omitempty" msgpack:"wait_id,omitempty"`
+	// AliveMs: the liveness window, as for AcquireRequest.
+	AliveMs int64 `json:"alive_ms,omitempty" msgpack:"alive_ms,omitempty"`
 }
 
 // WaitResponse answers a wait once the key is unlocked.
