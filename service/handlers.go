@@ -2,6 +2,8 @@ package service
 
 import (
 	"errors"
+	"fmt"
+	"time"
 
 	"github.com/lockservice/lockservice/service/api"
 	"github.com/lockservice/lockservice/store"
@@ -9,76 +11,87 @@ import (
 
 const maxOwnerLen = 256
 
+// acquire runs on the acquire subscription's goroutine: decoding and
+// admission happen in arrival order, the store work elsewhere.
 func (s *Service) acquire(r *request) {
 	var req api.AcquireRequest
 	if err := r.decode(&req); err != nil {
-		s.fail(r, api.CodeBadRequest, "acquire %q: %v", r.key, err)
+		s.reject(r, "acquire %q: %v", r.key, err)
 		return
 	}
 	ttl, err := duration("ttl_ms", req.TTLms, s.cfg.DefaultTTL, s.cfg.MaxTTL)
 	if err != nil {
-		s.fail(r, api.CodeBadRequest, "acquire %q: %v", r.key, err)
+		s.reject(r, "acquire %q: %v", r.key, err)
 		return
 	}
 	wait, err := duration("wait_ms", req.WaitMs, 0, s.cfg.MaxWait)
 	if err != nil {
-		s.fail(r, api.CodeBadRequest, "acquire %q: %v", r.key, err)
+		s.reject(r, "acquire %q: %v", r.key, err)
+		return
+	}
+	window, err := aliveWindow(req.AliveMs)
+	if err != nil {
+		s.reject(r, "acquire %q: %v", r.key, err)
 		return
 	}
 	if req.LockID == "" {
 		req.LockID = newLockID()
 	} else if err := api.ValidateLockID(req.LockID); err != nil {
-		s.fail(r, api.CodeBadRequest, "acquire %q: %v", r.key, err)
+		s.reject(r, "acquire %q: %v", r.key, err)
 		return
 	}
 	if len(req.Owner) > maxOwnerLen {
-		s.fail(r, api.CodeBadRequest, "acquire %q: owner is %d bytes, the limit is %d", r.key, len(req.Owner), maxOwnerLen)
+		s.reject(r, "acquire %q: owner is %d bytes, the limit is %d", r.key, len(req.Owner), maxOwnerLen)
 		return
 	}
-	s.startAcquire(&waiter{
-		kind: acquireWaiter, r: r, key: r.key, lockID: req.LockID,
-		opts:     store.AcquireOptions{TTL: ttl, Owner: req.Owner},
-		blocking: wait > 0, deadline: r.received.Add(wait),
+	s.admitAcquire(&waiter{
+		kind: acquireReq, r: r, key: r.key, id: req.LockID,
+		opts: store.AcquireOptions{TTL: ttl, Owner: req.Owner},
+		// without a reply subject nobody can be told: never parked
+		blocking: wait > 0 && r.reply != "",
+		seq:      s.seq.Add(1), deadline: r.received.Add(wait), window: window,
 	})
 }
 
-func (s *Service) grantResponse(w *waiter, g store.Grant) api.AcquireResponse {
-	return api.AcquireResponse{
-		Acquired: true, Key: w.key, LockID: w.lockID, Token: g.Token,
-		TTLms: g.TTL.Milliseconds(), ExpiresAt: api.FormatTime(g.ExpiresAt),
-		Owner: g.Owner, Value: g.Value,
+// aliveWindow checks alive_ms.
+func aliveWindow(ms int64) (time.Duration, error) {
+	if ms == 0 {
+		return 0, nil
 	}
+	d := time.Duration(ms) * time.Millisecond
+	if ms < 0 || d < api.MinAlive || d > api.MaxAlive {
+		return 0, fmt.Errorf("alive_ms must be 0 (no liveness window) or %d to %d, got %d", api.MinAlive.Milliseconds(), api.MaxAlive.Milliseconds(), ms)
+	}
+	return d, nil
 }
 
-func notAcquired(w *waiter, le *store.LockedError) api.AcquireResponse {
-	resp := api.AcquireResponse{Key: w.key}
-	if le != nil {
-		resp.Owner = le.Lease.Owner
-		resp.Token = le.Lease.Token
-		resp.ExpiresAt = api.FormatTime(le.Lease.ExpiresAt)
-	}
-	return resp
+// reject answers a malformed request with 400 and gives back its slot.
+func (s *Service) reject(r *request, format string, args ...any) {
+	r.finish()
+	s.fail(r, api.CodeBadRequest, format, args...)
 }
 
-// lockIDOf checks the lock_id of release-like requests.
-func (s *Service) lockIDOf(r *request, op, id string) bool {
+// rejectBadLockID answers 400 and returns true when id is missing or
+// malformed.
+func (s *Service) rejectBadLockID(r *request, op, id string) bool {
 	if id == "" {
 		s.fail(r, api.CodeBadRequest, "%s %q: lock_id is required", op, r.key)
-		return false
+		return true
 	}
 	if err := api.ValidateLockID(id); err != nil {
 		s.fail(r, api.CodeBadRequest, "%s %q: %v", op, r.key, err)
-		return false
+		return true
 	}
-	return true
+	return false
 }
 
-func (s *Service) checkValue(r *request, op string, v api.Value) bool {
+// rejectLargeValue answers 400 and returns true when v is over the limit.
+func (s *Service) rejectLargeValue(r *request, op string, v api.Value) bool {
 	if len(v) > s.cfg.MaxValueBytes {
 		s.fail(r, api.CodeBadRequest, "%s %q: value is %d bytes, the limit is %d; store large data elsewhere and keep a reference in the state", op, r.key, len(v), s.cfg.MaxValueBytes)
-		return false
+		return true
 	}
-	return true
+	return false
 }
 
 func (s *Service) release(r *request) {
@@ -87,7 +100,7 @@ func (s *Service) release(r *request) {
 		s.fail(r, api.CodeBadRequest, "release %q: %v", r.key, err)
 		return
 	}
-	if !s.lockIDOf(r, "release", req.LockID) || !s.checkValue(r, "release", req.Value) {
+	if s.rejectBadLockID(r, "release", req.LockID) || s.rejectLargeValue(r, "release", req.Value) {
 		return
 	}
 	u := store.Update{}
@@ -114,23 +127,13 @@ func (s *Service) release(r *request) {
 	s.respond(r, api.ReleaseResponse{Key: r.key, Released: true})
 }
 
-// released announces a release and wakes local waiters. With a store that
-// reports releases itself (store.Notifier), the store's event wakes them:
-// once per release, also when this call's answer was lost.
-func (s *Service) released(key string) {
-	s.publishEvent(api.EventReleased, key, 0)
-	if _, ok := s.st.(store.Notifier); !ok {
-		s.wake(key, false)
-	}
-}
-
 func (s *Service) delete(r *request) {
 	var req api.DeleteRequest
 	if err := r.decode(&req); err != nil {
 		s.fail(r, api.CodeBadRequest, "delete %q: %v", r.key, err)
 		return
 	}
-	if !s.lockIDOf(r, "delete", req.LockID) {
+	if s.rejectBadLockID(r, "delete", req.LockID) {
 		return
 	}
 	ctx, cancel := s.storeCtx()
@@ -156,7 +159,7 @@ func (s *Service) refresh(r *request) {
 		s.fail(r, api.CodeBadRequest, "refresh %q: %v", r.key, err)
 		return
 	}
-	if !s.lockIDOf(r, "refresh", req.LockID) {
+	if s.rejectBadLockID(r, "refresh", req.LockID) {
 		return
 	}
 	ttl, err := duration("ttl_ms", req.TTLms, s.cfg.DefaultTTL, s.cfg.MaxTTL)
@@ -171,6 +174,9 @@ func (s *Service) refresh(r *request) {
 		s.failStore(r, "refresh", err)
 		return
 	}
+	s.mu.Lock()
+	s.watchLeaseLocked(r.key, l.Token, remaining(l))
+	s.mu.Unlock()
 	s.respond(r, api.RefreshResponse{Key: r.key, Token: l.Token, TTLms: l.TTL.Milliseconds(), ExpiresAt: api.FormatTime(l.ExpiresAt)})
 }
 
@@ -180,7 +186,7 @@ func (s *Service) write(r *request) {
 		s.fail(r, api.CodeBadRequest, "write %q: %v", r.key, err)
 		return
 	}
-	if !s.lockIDOf(r, "write", req.LockID) || !s.checkValue(r, "write", req.Value) {
+	if s.rejectBadLockID(r, "write", req.LockID) || s.rejectLargeValue(r, "write", req.Value) {
 		return
 	}
 	if req.Value == nil {
@@ -221,26 +227,81 @@ func (s *Service) get(r *request) {
 	s.respond(r, resp)
 }
 
+// wait runs on the wait subscription's goroutine, like acquire.
 func (s *Service) wait(r *request) {
 	var req api.WaitRequest
 	if err := r.decode(&req); err != nil {
-		s.fail(r, api.CodeBadRequest, "wait %q: %v", r.key, err)
+		s.reject(r, "wait %q: %v", r.key, err)
 		return
 	}
 	wait, err := duration("wait_ms", req.WaitMs, 0, s.cfg.MaxWait)
 	if err != nil {
-		s.fail(r, api.CodeBadRequest, "wait %q: %v", r.key, err)
+		s.reject(r, "wait %q: %v", r.key, err)
 		return
 	}
-	s.startWait(&waiter{kind: waitWaiter, r: r, key: r.key, blocking: wait > 0, deadline: r.received.Add(wait)})
+	window, err := aliveWindow(req.AliveMs)
+	if err != nil {
+		s.reject(r, "wait %q: %v", r.key, err)
+		return
+	}
+	if req.WaitID != "" {
+		if err := api.ValidateLockID(req.WaitID); err != nil {
+			s.reject(r, "wait %q: wait_id: %v", r.key, err)
+			return
+		}
+	} else if window > 0 {
+		s.reject(r, "wait %q: alive_ms needs a wait_id to renew the request by", r.key)
+		return
+	}
+	if r.reply == "" {
+		r.finish() // nobody to answer
+		return
+	}
+	if wait > 0 {
+		s.admitWait(&waiter{kind: waitReq, r: r, key: r.key, id: req.WaitID, blocking: true,
+			seq: s.seq.Add(1), deadline: r.received.Add(wait), window: window})
+		return
+	}
+	s.dispatch(func() {
+		defer r.finish()
+		ctx, cancel := s.storeCtx()
+		info, err := s.st.Get(ctx, r.key)
+		cancel()
+		switch {
+		case err != nil:
+			s.failStore(r, "wait", err)
+		case info.Locked:
+			s.fail(r, api.CodeTimeout, "wait %q: the key is locked (wait_ms was 0)", r.key)
+		default:
+			s.respond(r, api.WaitResponse{Key: r.key, Value: info.Value})
+		}
+	})
 }
 
+// cancel runs on the cancel subscription's goroutine. Every instance
+// receives it and retires the lock id; only the one that had the request
+// answers.
 func (s *Service) cancel(r *request) {
+	defer r.finish()
 	var req api.CancelRequest
 	if err := r.decode(&req); err != nil || api.ValidateLockID(req.LockID) != nil {
-		return // sent to every instance: only the one that has it answers
+		return
 	}
-	if s.cancelAcquire(r.key, req.LockID) {
+	if s.withdraw(r.key, req.LockID) {
 		s.respond(r, api.CancelResponse{Key: r.key, Cancelled: true})
+	}
+}
+
+// alive renews the liveness window of a parked request (on its
+// subscription's goroutine). Every instance receives it; only the one that
+// has the request answers.
+func (s *Service) alive(r *request) {
+	defer r.finish()
+	var req api.AliveRequest
+	if err := r.decode(&req); err != nil || api.ValidateLockID(req.ID) != nil {
+		return
+	}
+	if s.renew(r.key, req.ID) {
+		s.respond(r, api.AliveResponse{Key: r.key, Alive: true})
 	}
 }

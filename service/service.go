@@ -42,6 +42,10 @@ type Config struct {
 	// MaxWaiters bounds the parked acquire and wait requests of this
 	// instance; more get 503. Default 100000.
 	MaxWaiters int
+	// MaxWaitersPerKey bounds the parked requests of one key on this
+	// instance, so one key cannot take every slot; more get 503. Default
+	// 10000.
+	MaxWaitersPerKey int
 	// MaxInflight bounds the store operations of this instance running at
 	// once; more get 503. Default 4096.
 	MaxInflight int
@@ -58,13 +62,10 @@ type Config struct {
 	Logf func(format string, args ...any)
 }
 
-// Validate fills defaults and reports settings that cannot work.
-func (c *Config) Validate() error {
+// SetDefaults fills every zero field with its default.
+func (c *Config) SetDefaults() {
 	if c.Prefix == "" {
 		c.Prefix = api.DefaultPrefix
-	}
-	if err := api.ValidateKey(c.Prefix); err != nil {
-		return fmt.Errorf("service: prefix: %w", err)
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
@@ -78,6 +79,9 @@ func (c *Config) Validate() error {
 	if c.MaxWaiters == 0 {
 		c.MaxWaiters = 100_000
 	}
+	if c.MaxWaitersPerKey == 0 {
+		c.MaxWaitersPerKey = min(10_000, c.MaxWaiters)
+	}
 	if c.MaxInflight == 0 {
 		c.MaxInflight = 4096
 	}
@@ -87,16 +91,25 @@ func (c *Config) Validate() error {
 	if c.QueueGroup == "" {
 		c.QueueGroup = api.ServiceName
 	}
+	if c.Logf == nil {
+		c.Logf = func(string, ...any) {}
+	}
+}
+
+// Validate reports settings that cannot work, judged with the defaults
+// filled in (c itself is not changed).
+func (c Config) Validate() error {
+	c.SetDefaults()
+	if err := api.ValidateKey(c.Prefix); err != nil {
+		return fmt.Errorf("service: prefix: %w", err)
+	}
 	switch {
 	case c.DefaultTTL < 0 || c.MaxTTL < 0 || c.MaxWait < 0 || c.StoreTimeout < 0:
 		return errors.New("service: durations must not be negative")
 	case c.DefaultTTL > c.MaxTTL:
 		return fmt.Errorf("service: default TTL %v is longer than the max TTL %v", c.DefaultTTL, c.MaxTTL)
-	case c.MaxWaiters < 0 || c.MaxInflight < 0 || c.MaxValueBytes < 0:
+	case c.MaxWaiters < 0 || c.MaxWaitersPerKey < 0 || c.MaxInflight < 0 || c.MaxValueBytes < 0:
 		return errors.New("service: limits must not be negative")
-	}
-	if c.Logf == nil {
-		c.Logf = func(string, ...any) {}
 	}
 	return nil
 }
@@ -105,6 +118,7 @@ func (c *Config) Validate() error {
 // with Stop.
 type Service struct {
 	nc    *nats.Conn
+	send  func(*nats.Msg) error // publishes answers and events (nc.PublishMsg)
 	st    store.Store
 	cfg   Config
 	id    string
@@ -119,22 +133,20 @@ type Service struct {
 	stopping atomic.Bool
 	stopOnce sync.Once
 
-	mu         sync.Mutex
-	keys       map[string]*keyState
-	ids        map[string]*waiter // acquires in progress or recently granted, by lock id
-	recent     []recentGrant      // grants by time; entries before recentHead have expired
-	recentHead int
-	waiters    int
+	seq atomic.Uint64 // arrival order of blocking requests
+
+	mu      sync.Mutex
+	keys    map[string]*keyState   // keys with parked requests or a running driver
+	reg     registry               // lock ids and wait ids in progress, recent grants, retired ids
+	watches map[string]*leaseWatch // lease-end timers (stores without Notifier)
+	waiters int                    // parked requests
+	fresh   int                    // of them, still to make their first store attempt
 
 	stats stats
 }
 
-type stats struct {
-	grants, handoffs, waitTimeouts, overloaded, expiredEvents, storeErrors atomic.Int64
-	// errors answered by code (micro's own num_errors counts only the
-	// errors sent from the handler itself)
-	err400, err408, err409, err500, err503 atomic.Int64
-}
+// maxRetired bounds the retired lock ids an instance remembers.
+const maxRetired = 100_000
 
 // New registers the micro service "lockservice" on nc with an endpoint per
 // operation and starts serving. nc and st stay the caller's: Stop does not
@@ -147,17 +159,12 @@ func New(nc *nats.Conn, st store.Store, cfg Config) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg.SetDefaults()
 	if mp := int(nc.MaxPayload()) - 1024; cfg.MaxValueBytes > mp {
 		cfg.MaxValueBytes = mp
 	}
-	ctx, abort := context.WithCancel(context.Background())
-	s := &Service{
-		nc: nc, st: st, cfg: cfg, ctx: ctx, abort: abort,
-		inflight: make(chan struct{}, cfg.MaxInflight),
-		jobs:     make(chan func()),
-		keys:     make(map[string]*keyState),
-		ids:      make(map[string]*waiter),
-	}
+	s := newService(st, cfg, nc.PublishMsg)
+	s.nc = nc
 	md := map[string]string{"prefix": cfg.Prefix}
 	for k, v := range cfg.Metadata {
 		md[k] = v
@@ -171,33 +178,35 @@ func New(nc *nats.Conn, st store.Store, cfg Config) (*Service, error) {
 		StatsHandler: s.statsData,
 	})
 	if err != nil {
-		abort()
+		s.abort()
 		return nil, fmt.Errorf("service: %w", err)
 	}
 	s.svc = svc
 	s.id = svc.Info().ID
 	g := svc.AddGroup(cfg.Prefix)
+	broadcast := []micro.EndpointOpt{micro.WithEndpointQueueGroupDisabled()}
 	endpoints := []struct {
 		op, desc string
 		h        func(*request)
+		inline   bool // admitted on the subscription's goroutine, in arrival order
 		opts     []micro.EndpointOpt
 	}{
-		{api.OpAcquire, "take the lock (wait_ms to block), returns the state and a fencing token", s.acquire, nil},
-		{api.OpRelease, "release the lock, optionally writing a new state atomically", s.release, nil},
-		{api.OpRefresh, "extend a held lease", s.refresh, nil},
-		{api.OpWrite, "write the state while holding the lock", s.write, nil},
-		{api.OpDelete, "delete the state and release the lock", s.delete, nil},
-		{api.OpGet, "inspect the lock and read the state", s.get, nil},
-		{api.OpWait, "wait until the key is unlocked and read the state", s.wait, nil},
-		{api.OpCancel, "withdraw a blocking acquire (sent to every instance)", s.cancel,
-			[]micro.EndpointOpt{micro.WithEndpointQueueGroupDisabled()}},
+		{api.OpAcquire, "take the lock (wait_ms to block), returns the state and a fencing token", s.acquire, true, nil},
+		{api.OpRelease, "release the lock, optionally writing a new state atomically", s.release, false, nil},
+		{api.OpRefresh, "extend a held lease", s.refresh, false, nil},
+		{api.OpWrite, "write the state while holding the lock", s.write, false, nil},
+		{api.OpDelete, "delete the state and release the lock", s.delete, false, nil},
+		{api.OpGet, "inspect the lock and read the state", s.get, false, nil},
+		{api.OpWait, "wait until the key is unlocked and read the state", s.wait, true, nil},
+		{api.OpCancel, "withdraw a blocking acquire (sent to every instance)", s.cancel, true, broadcast},
+		{api.OpAlive, "renew the liveness window of a parked request (sent to every instance)", s.alive, true, broadcast},
 	}
 	for _, e := range endpoints {
 		opts := append([]micro.EndpointOpt{
 			micro.WithEndpointSubject(e.op + ".>"),
 			micro.WithEndpointMetadata(map[string]string{"description": e.desc, "format": "application/json or application/msgpack"}),
 		}, e.opts...)
-		if err := g.AddEndpoint(e.op, s.handler(e.op, e.h), opts...); err != nil {
+		if err := g.AddEndpoint(e.op, s.handler(e.op, e.h, e.inline), opts...); err != nil {
 			s.Stop()
 			return nil, fmt.Errorf("service: endpoint %s: %w", e.op, err)
 		}
@@ -210,14 +219,33 @@ func New(nc *nats.Conn, st store.Store, cfg Config) (*Service, error) {
 		}
 		s.subs = append(s.subs, sub)
 	}
-	if n, ok := st.(store.Notifier); ok {
-		n.Notify(s.onStoreEvent)
-	}
 	if err := nc.Flush(); err != nil {
 		s.Stop()
 		return nil, fmt.Errorf("service: %w", err)
 	}
 	return s, nil
+}
+
+// newService builds the waiting room and the request handling around st,
+// without NATS: answers and events go to send. cfg has its defaults.
+func newService(st store.Store, cfg Config, send func(*nats.Msg) error) *Service {
+	ctx, abort := context.WithCancel(context.Background())
+	s := &Service{
+		send: send, st: st, cfg: cfg, ctx: ctx, abort: abort,
+		inflight: make(chan struct{}, cfg.MaxInflight),
+		jobs:     make(chan func()),
+		keys:     make(map[string]*keyState),
+		reg:      newRegistry(cfg.MaxWait+cfg.StoreTimeout+recentGrantTTL, maxRetired),
+		watches:  make(map[string]*leaseWatch),
+		stats:    stats{ops: make(map[string]*opStats)},
+	}
+	for _, op := range []string{api.OpAcquire, api.OpRelease, api.OpRefresh, api.OpWrite, api.OpDelete, api.OpGet, api.OpWait, api.OpCancel, api.OpAlive} {
+		s.stats.ops[op] = newOpStats()
+	}
+	if n, ok := st.(store.Notifier); ok {
+		n.Notify(s.onStoreEvent)
+	}
+	return s
 }
 
 // ID returns the instance id: the micro service id ($SRV.INFO.lockservice.<id>).
@@ -238,6 +266,11 @@ func (s *Service) Stop() error {
 			_ = sub.Unsubscribe()
 		}
 		s.failAllWaiters(api.CodeUnavailable, "lock service instance is shutting down; retry (another instance may serve you)")
+		s.mu.Lock()
+		for key := range s.watches {
+			s.unwatchLeaseLocked(key)
+		}
+		s.mu.Unlock()
 		done := make(chan struct{})
 		go func() { s.ops.Wait(); close(done) }()
 		select {
@@ -247,45 +280,9 @@ func (s *Service) Stop() error {
 			<-done
 		}
 		s.abort()
-		_ = s.nc.Flush()
+		if s.nc != nil {
+			_ = s.nc.Flush()
+		}
 	})
 	return err
-}
-
-func (s *Service) statsData(e *micro.Endpoint) any {
-	s.mu.Lock()
-	keys, waiters := len(s.keys), s.waiters
-	s.mu.Unlock()
-	return map[string]any{
-		"instance":       s.id,
-		"parked_waiters": waiters,
-		"waited_keys":    keys,
-		"inflight":       len(s.inflight),
-		"grants":         s.stats.grants.Load(),
-		"handoffs":       s.stats.handoffs.Load(),
-		"wait_timeouts":  s.stats.waitTimeouts.Load(),
-		"overloaded":     s.stats.overloaded.Load(),
-		"store_errors":   s.stats.storeErrors.Load(),
-		"expired_events": s.stats.expiredEvents.Load(),
-		"errors": map[string]int64{
-			"400": s.stats.err400.Load(), "408": s.stats.err408.Load(), "409": s.stats.err409.Load(),
-			"500": s.stats.err500.Load(), "503": s.stats.err503.Load(),
-		},
-	}
-}
-
-// Stats is a snapshot of an instance's own counters.
-type Stats struct {
-	ParkedWaiters int
-	WaitedKeys    int
-	Inflight      int
-	Grants        int64
-	Handoffs      int64 // grants made by a release handing the lock over
-}
-
-// Stats returns a snapshot of the instance's counters.
-func (s *Service) Stats() Stats {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return Stats{ParkedWaiters: s.waiters, WaitedKeys: len(s.keys), Inflight: len(s.inflight), Grants: s.stats.grants.Load(), Handoffs: s.stats.handoffs.Load()}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -30,34 +31,47 @@ type request struct {
 	msgpack  bool
 	data     []byte
 	received time.Time
+	stats    *opStats
+	answered bool // counted in stats (answers are sent by one goroutine at a time)
+
+	finish func() // gives back the in-flight slot; idempotent
 }
 
-// handler validates the key, takes an in-flight slot and runs h on its own
-// goroutine, so no endpoint ever blocks its subscription.
-func (s *Service) handler(op string, h func(*request)) micro.Handler {
+// handler validates the key and takes an in-flight slot, then runs h: on
+// the subscription's goroutine when inline (h admits the request in
+// arrival order and hands its slot on with r.finish), else on a worker, so
+// no endpoint ever blocks its subscription on the store.
+func (s *Service) handler(op string, h func(*request), inline bool) micro.Handler {
 	skip := len(s.cfg.Prefix) + len(op) + 2
+	st := s.stats.ops[op]
 	return micro.HandlerFunc(func(r micro.Request) {
+		received := time.Now()
+		st.requests.Add(1)
 		subj := r.Subject()
 		key := ""
 		if len(subj) > skip {
 			key = subj[skip:]
 		}
+		early := func(code int, msg string) {
+			st.record(code, time.Since(received))
+			_ = r.Error(strconv.Itoa(code), msg, nil)
+		}
 		if err := api.ValidateKey(key); err != nil {
-			_ = r.Error(strconv.Itoa(api.CodeBadRequest), err.Error(), nil)
+			early(api.CodeBadRequest, err.Error())
 			return
 		}
 		select {
 		case s.inflight <- struct{}{}:
 		default:
 			s.stats.overloaded.Add(1)
-			_ = r.Error(strconv.Itoa(api.CodeUnavailable), fmt.Sprintf("instance overloaded: %d operations in progress; retry with backoff", cap(s.inflight)), nil)
+			early(api.CodeUnavailable, fmt.Sprintf("instance overloaded: %d operations in progress; retry with backoff", cap(s.inflight)))
 			return
 		}
 		s.mu.Lock()
 		if s.stopping.Load() {
 			s.mu.Unlock()
 			<-s.inflight
-			_ = r.Error(strconv.Itoa(api.CodeUnavailable), "lock service instance is shutting down; retry", nil)
+			early(api.CodeUnavailable, "lock service instance is shutting down; retry")
 			return
 		}
 		s.ops.Add(1)
@@ -67,11 +81,19 @@ func (s *Service) handler(op string, h func(*request)) micro.Handler {
 			reply:    r.Reply(),
 			msgpack:  r.Headers().Get(api.ContentTypeHeader) == api.MsgpackContentType,
 			data:     r.Data(),
-			received: time.Now(),
+			received: received,
+			stats:    st,
+		}
+		req.finish = sync.OnceFunc(func() {
+			<-s.inflight
+			s.ops.Done()
+		})
+		if inline {
+			h(req)
+			return
 		}
 		s.dispatch(func() {
-			defer s.ops.Done()
-			defer func() { <-s.inflight }()
+			defer req.finish()
 			h(req)
 		})
 	})
@@ -155,30 +177,28 @@ func (s *Service) respond(r *request, v any) {
 		s.fail(r, api.CodeInternal, "encode response: %v", err)
 		return
 	}
-	if err := s.nc.PublishMsg(m); err != nil {
+	r.record(0)
+	if err := s.send(m); err != nil {
 		s.cfg.Logf("reply on %s: %v", r.reply, err)
+	}
+}
+
+// record counts r's answer once.
+func (r *request) record(code int) {
+	if !r.answered && r.stats != nil {
+		r.answered = true
+		r.stats.record(code, time.Since(r.received))
 	}
 }
 
 // fail sends a micro error (Nats-Service-Error-Code / Nats-Service-Error).
 func (s *Service) fail(r *request, code int, format string, args ...any) {
-	switch code {
-	case api.CodeBadRequest:
-		s.stats.err400.Add(1)
-	case api.CodeTimeout:
-		s.stats.err408.Add(1)
-	case api.CodeConflict:
-		s.stats.err409.Add(1)
-	case api.CodeUnavailable:
-		s.stats.err503.Add(1)
-	default:
-		s.stats.err500.Add(1)
-	}
+	r.record(code)
 	if r.reply == "" {
 		return
 	}
 	msg := fmt.Sprintf(format, args...)
-	err := s.nc.PublishMsg(&nats.Msg{Subject: r.reply, Header: nats.Header{
+	err := s.send(&nats.Msg{Subject: r.reply, Header: nats.Header{
 		micro.ErrorCodeHeader: {strconv.Itoa(code)},
 		micro.ErrorHeader:     {msg},
 	}})
@@ -190,20 +210,29 @@ func (s *Service) fail(r *request, code int, format string, args ...any) {
 // failStore answers with the wire code for a store error: the one table
 // from store errors to codes.
 func (s *Service) failStore(r *request, op string, err error) {
-	code := CodeFor(err)
+	code := s.countStoreError(err)
 	switch code {
 	case api.CodeConflict:
 		s.fail(r, code, "%s %q: lock_id does not hold the lock (never acquired, released, expired or taken over)", op, r.key)
 	case api.CodeBadRequest:
 		s.fail(r, code, "%s %q: %v", op, r.key, err)
 	case api.CodeUnavailable:
-		s.stats.storeErrors.Add(1)
-		s.fail(r, code, "%s %q: store unavailable, retry later: %v", op, r.key, err)
+		s.fail(r, code, "%s %q: store unavailable, the outcome is unknown; retry (an acquire with the same lock_id): %v", op, r.key, err)
 	default:
-		s.stats.storeErrors.Add(1)
 		s.cfg.Logf("%s %q: %v", op, r.key, err)
-		s.fail(r, code, "%s %q: internal error: %v", op, r.key, err)
+		s.fail(r, code, "%s %q: internal error, the outcome is unknown: %v", op, r.key, err)
 	}
+}
+
+// countStoreError counts a store error that is not an answer about the
+// lock itself (unavailable, internal) and returns its wire code: every store
+// error, answered or not, goes through here.
+func (s *Service) countStoreError(err error) int {
+	code := CodeFor(err)
+	if code == api.CodeUnavailable || code == api.CodeInternal {
+		s.stats.storeErrors.Add(1)
+	}
+	return code
 }
 
 // CodeFor maps a store error to its wire error code.
@@ -257,7 +286,7 @@ func (s *Service) publishEventMsg(event string, ev api.Event) {
 		hdr.Set(api.HandedOffHeader, "true")
 	}
 	key := ev.Key
-	err := s.nc.PublishMsg(&nats.Msg{
+	err := s.send(&nats.Msg{
 		Subject: api.Subject(s.cfg.Prefix, event, key),
 		Data:    data,
 		Header:  hdr,

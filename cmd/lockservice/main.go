@@ -99,6 +99,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, fmt.Errorf("--object-ttl must not be negative")
 	}
 	c.svc.Metadata = map[string]string{"store": c.storeKind}
+	c.svc.SetDefaults()
 	if err := c.svc.Validate(); err != nil {
 		return nil, err
 	}

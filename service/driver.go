@@ -1,0 +1,425 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/lockservice/lockservice/service/api"
+	"github.com/lockservice/lockservice/store"
+)
+
+// The driver makes the store attempts for the requests parked on a key:
+// one at a time per key, for the head of the key's queue, or a read when
+// only waits are parked. Wake-ups that arrive while an attempt runs fold
+// into one more attempt, never one per waiter. A release handled by this
+// instance hands the lock to the head in the same store operation
+// (handOff). Every attempt's result goes through settleLocked, the one
+// place that decides what becomes of the request and of a grant, and what
+// settleLocked decides is carried out by carryOut.
+
+// attempt is the result of one store attempt for an acquire.
+type attempt struct {
+	grant store.Grant
+	err   error // nil: granted; store.ErrLocked (a *store.LockedError); else unknown outcome
+	// retry: the outcome is unknown but the request stays parked and the
+	// driver asks the store again (a hand-off whose Transfer failed:
+	// acquire is idempotent per lock id).
+	retry bool
+}
+
+// answer is a reply to send once Service.mu is released.
+type answer struct {
+	r    *request
+	resp any
+	// an error reply: code and message, or err through the error table
+	code int
+	msg  string
+	op   string
+	err  error
+}
+
+// outcome is what a decision asks to be done outside Service.mu.
+type outcome struct {
+	answers   []answer
+	giveBacks []*waiter // grants nobody will receive: released by lock id
+	expired   []store.Event
+	wake      bool // the key may be free: attempt again
+}
+
+func (o *outcome) answer(w *waiter, a answer) { o.answers = append(o.answers, a) }
+
+func (o *outcome) fail(w *waiter, code int, format string, args ...any) {
+	o.answers = append(o.answers, answer{r: w.r, code: code, msg: fmt.Sprintf(format, args...)})
+}
+
+func (o *outcome) giveBack(w *waiter) { o.giveBacks = append(o.giveBacks, w) }
+
+// settleLocked decides the fate of acquire w after a store attempt for it:
+// granted, superseded by a retry, too late, cancelled, or failed. It
+// answers through out and returns true when w's lock id got the lock and
+// keeps it.
+//
+// The service gives a grant back (releases it) only when the lock id is
+// retired: cancelled by its caller, or its liveness window ran out. A
+// request whose wait_ms ran out during the attempt gets the attempt's
+// result, so an answer acquired:true is never followed by the service
+// releasing that lease on its own.
+func (s *Service) settleLocked(ks *keyState, w *waiter, a attempt, out *outcome) bool {
+	w.attempting = false
+	s.lookedLocked(w)
+	retired := w.lapsed || s.reg.isRetired(w.key, w.id, time.Now())
+	var le *store.LockedError
+	switch {
+	case a.retry:
+		if retired {
+			out.giveBack(w)
+			s.endLocked(w, out)
+			return false
+		}
+		out.wake = true
+		return false
+	case a.err == nil:
+		switch {
+		case retired:
+			out.giveBack(w)
+			s.endLocked(w, out)
+			return false
+		case w.next != nil:
+			// Superseded: the grant belongs to the newest request with the
+			// id. A parked one receives it now; one making its own attempt
+			// gets the same grant from the store; one already answered
+			// leaves the lease to the id (a retry with it gets it back).
+			if cur := current(w); !cur.done && !cur.attempting {
+				s.grantLocked(ks, cur, a.grant, out)
+			}
+			return true
+		case w.done:
+			// Answered 503 while the attempt ran (shutdown): an unknown
+			// outcome for the caller, who retries with the id or withdraws.
+			return true
+		}
+		s.grantLocked(ks, w, a.grant, out)
+		return true
+	case errors.As(a.err, &le):
+		if w.done {
+			return false
+		}
+		if retired || w.overdue || !w.blocking || w.elem == nil {
+			s.finishLocked(w)
+			if !w.blocking {
+				out.answer(w, answer{r: w.r, resp: notAcquired(w.key, le)})
+			} else {
+				out.answer(w, s.notDone(w))
+			}
+		}
+		return false
+	default:
+		// Unknown outcome: the store may have granted it.
+		switch {
+		case retired:
+			out.giveBack(w)
+			s.endLocked(w, out)
+		case w.done:
+			if cur := current(w); cur != w && cur.elem != nil {
+				// A retry is parked: let it ask the store first.
+				ks.q.moveToFront(cur)
+				out.wake = true
+			}
+		default:
+			s.finishLocked(w)
+			out.answers = append(out.answers, answer{r: w.r, op: "acquire", err: a.err})
+			out.wake = true
+		}
+		return false
+	}
+}
+
+// endLocked finishes w and answers it "not acquired" unless it was
+// answered already.
+func (s *Service) endLocked(w *waiter, out *outcome) {
+	if w.done {
+		return
+	}
+	s.finishLocked(w)
+	out.answer(w, s.notDone(w))
+}
+
+// grantLocked answers w with grant g, and the waits parked on the key (the
+// lock changed hands).
+func (s *Service) grantLocked(ks *keyState, w *waiter, g store.Grant, out *outcome) {
+	w.granted = true // stays registered: cancellable for recentGrantTTL
+	s.finishLocked(w)
+	s.reg.rememberGrant(w, time.Now())
+	s.stats.grants.Add(1)
+	out.answer(w, answer{r: w.r, resp: grantResponse(w, g)})
+	s.watchLeaseLocked(w.key, g.Lease.Token, remaining(g.Lease))
+	if ks != nil {
+		for _, ww := range ks.q.waits() {
+			s.finishLocked(ww)
+			out.answer(ww, answer{r: ww.r, resp: api.WaitResponse{Key: ww.key, Value: g.Value}})
+		}
+	}
+}
+
+// wakeLocked runs the key's driver if anything is parked on it, or makes
+// a running one attempt once more.
+func (s *Service) wakeLocked(key string, ks *keyState) {
+	if ks.q.len() == 0 {
+		return
+	}
+	if ks.running {
+		ks.dirty = true
+		return
+	}
+	ks.running = true
+	s.ops.Add(1)
+	s.dispatch(func() {
+		defer s.ops.Done()
+		s.drive(key, ks)
+	})
+}
+
+// drive makes one store attempt per round for the key, until no wake-up
+// arrived during the last one.
+func (s *Service) drive(key string, ks *keyState) {
+	for {
+		var out outcome
+		s.mu.Lock()
+		ks.dirty = false
+		head := ks.q.head()
+		switch {
+		case head != nil:
+			head.attempting = true
+			s.mu.Unlock()
+			ctx, cancel := s.storeCtx()
+			g, err := s.st.Acquire(ctx, key, head.id, head.opts)
+			cancel()
+			s.mu.Lock()
+			s.observeLocked(key, ks, g.Lease, err, &out)
+			s.settleLocked(ks, head, attempt{grant: g, err: err}, &out)
+		case ks.q.watching():
+			s.mu.Unlock()
+			ctx, cancel := s.storeCtx()
+			info, err := s.st.Get(ctx, key)
+			cancel()
+			s.mu.Lock()
+			s.settleWatchersLocked(key, ks, info, err, &out)
+		}
+		more := (ks.dirty || out.wake) && ks.q.len() > 0 && !s.stopping.Load()
+		if !more {
+			ks.running = false
+			s.dropIfIdle(key, ks)
+		}
+		s.mu.Unlock()
+		s.carryOut(out)
+		if !more {
+			return
+		}
+	}
+}
+
+// observeLocked publishes the expiry of the lease this instance's timer
+// saw due (ks.expiring) once an attempt finds it gone, and sets the timer
+// for the holder it finds (stores without Notifier).
+func (s *Service) observeLocked(key string, ks *keyState, granted store.Lease, err error, out *outcome) {
+	var le *store.LockedError
+	switch {
+	case err == nil:
+		if ks.expiring != 0 && ks.expiring != granted.Token {
+			out.expired = append(out.expired, store.Event{Kind: store.Expired, Key: key, Token: ks.expiring})
+		}
+		ks.expiring = 0
+	case errors.As(err, &le):
+		if ks.expiring != 0 && le.Lease.Token != ks.expiring {
+			out.expired = append(out.expired, store.Event{Kind: store.Expired, Key: key, Token: ks.expiring})
+			ks.expiring = 0
+		}
+		s.watchLeaseLocked(key, le.Lease.Token, le.ExpiresIn)
+	}
+}
+
+// settleWatchersLocked answers the parked waits after a read of the key.
+func (s *Service) settleWatchersLocked(key string, ks *keyState, info store.Info, err error, out *outcome) {
+	switch {
+	case err == nil && !info.Locked:
+		if ks.expiring != 0 {
+			out.expired = append(out.expired, store.Event{Kind: store.Expired, Key: key, Token: ks.expiring})
+			ks.expiring = 0
+		}
+		for _, w := range ks.q.waits() {
+			s.finishLocked(w)
+			out.answer(w, answer{r: w.r, resp: api.WaitResponse{Key: key, Value: info.Value}})
+		}
+	case err == nil:
+		for _, w := range ks.q.waits() {
+			s.lookedLocked(w)
+		}
+		if ks.expiring != 0 && info.Lease.Token != ks.expiring {
+			out.expired = append(out.expired, store.Event{Kind: store.Expired, Key: key, Token: ks.expiring})
+			ks.expiring = 0
+		}
+		s.watchLeaseLocked(key, info.Lease.Token, remaining(info.Lease))
+	default:
+		for _, w := range ks.q.waits() {
+			s.finishLocked(w)
+			out.answers = append(out.answers, answer{r: w.r, op: "wait", err: err})
+		}
+	}
+}
+
+// tryAcquire makes the one store attempt of an acquire that is not parked
+// first: a try (wait_ms 0), or a retry with a lock id this instance granted
+// recently. A blocking one that finds the key held is parked.
+func (s *Service) tryAcquire(w *waiter) {
+	ctx, cancel := s.storeCtx()
+	g, err := s.st.Acquire(ctx, w.key, w.id, w.opts)
+	cancel()
+	var out outcome
+	s.mu.Lock()
+	ks := s.keys[w.key]
+	if errors.Is(err, store.ErrLocked) && w.blocking && !w.done && !w.overdue && !w.lapsed && !s.reg.isRetired(w.key, w.id, time.Now()) {
+		w.attempting = false
+		ks = s.keyFor(w.key)
+		if s.parkLocked(ks, w, time.Now(), &out) && ks.q.head() == w {
+			s.wakeLocked(w.key, ks)
+		}
+	} else {
+		s.settleLocked(ks, w, attempt{grant: g, err: err}, &out)
+	}
+	if ks != nil {
+		s.dropIfIdle(w.key, ks)
+	}
+	s.mu.Unlock()
+	s.carryOut(out)
+}
+
+// handOff ends fromID's lease and, when a request is parked for the key on
+// this instance and the store can do it atomically, grants the lock to the
+// head of the queue in the same store operation (store.Transferrer): one
+// round trip, no moment in which the key is free, FIFO. It reports false
+// when it did nothing (the caller then releases normally); otherwise err is
+// the store's answer for the release (store.ErrNotHeld: nothing changed).
+func (s *Service) handOff(ctx context.Context, key, fromID string, u store.Update) (bool, error) {
+	tr, ok := s.st.(store.Transferrer)
+	if !ok {
+		return false, nil
+	}
+	now := time.Now()
+	s.mu.Lock()
+	ks := s.keys[key]
+	var head *waiter
+	if ks != nil && !ks.running {
+		if w := ks.q.head(); w != nil && now.Before(w.deadline) && !w.lapsed {
+			head = w
+			head.attempting = true
+			ks.running = true // this release acts as the key's driver
+		}
+	}
+	s.mu.Unlock()
+	if head == nil {
+		return false, nil
+	}
+	g, err := tr.Transfer(ctx, key, fromID, u, head.id, head.opts)
+	var out outcome
+	s.mu.Lock()
+	a := attempt{grant: g, err: err}
+	switch {
+	case errors.Is(err, store.ErrNotHeld):
+		a.err = &store.LockedError{Key: key} // nothing changed: the head stays parked
+	case err != nil:
+		a = attempt{retry: true}
+	}
+	if err == nil {
+		s.unwatchLeaseLocked(key) // the releaser's lease ended
+	}
+	if s.settleLocked(ks, head, a, &out) {
+		s.stats.handoffs.Add(1)
+	}
+	ks.running = false
+	if ks.dirty || out.wake {
+		ks.dirty = false
+		out.wake = false
+		s.wakeLocked(key, ks)
+	}
+	s.dropIfIdle(key, ks)
+	s.mu.Unlock()
+	if err == nil {
+		s.publishEventMsg(api.EventReleased, api.Event{Key: key, HandedOff: true})
+	}
+	s.carryOut(out)
+	return true, err
+}
+
+// carryOut does what a decision asked: answers, give-backs, expired
+// events.
+func (s *Service) carryOut(out outcome) {
+	for _, a := range out.answers {
+		switch {
+		case a.err != nil:
+			s.failStore(a.r, a.op, a.err)
+		case a.code != 0:
+			s.fail(a.r, a.code, "%s", a.msg)
+		default:
+			s.respond(a.r, a.resp)
+		}
+	}
+	for _, w := range out.giveBacks {
+		s.giveBack(w.key, w.id)
+	}
+	for _, e := range out.expired {
+		s.stats.expiredEvents.Add(1)
+		s.publishEvent(api.EventExpired, e.Key, e.Token)
+	}
+}
+
+// giveBack releases a grant nobody will receive (its lock id is retired).
+// The one path by which the service releases a lease on its own.
+func (s *Service) giveBack(key, lockID string) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StoreTimeout)
+	defer cancel()
+	err := s.st.Release(ctx, key, lockID, store.Update{})
+	switch {
+	case err == nil:
+		s.stats.givenBack.Add(1)
+		s.released(key)
+	case errors.Is(err, store.ErrNotHeld):
+	default:
+		s.countStoreError(err)
+		s.cfg.Logf("give back the grant of %q to a retired lock id: %v (it ends with its lease)", key, err)
+	}
+}
+
+func grantResponse(w *waiter, g store.Grant) api.AcquireResponse {
+	return api.AcquireResponse{
+		Acquired: true, Key: w.key, LockID: w.id, Token: g.Token,
+		TTLms: g.TTL.Milliseconds(), ExpiresAt: api.FormatTime(g.ExpiresAt),
+		Owner: g.Owner, Value: g.Value,
+	}
+}
+
+// notAcquired answers a try that found the key held (le names the holder)
+// or a blocking acquire that ends without the lock (le nil).
+func notAcquired(key string, le *store.LockedError) api.AcquireResponse {
+	resp := api.AcquireResponse{Key: key}
+	if le != nil {
+		resp.Owner = le.Lease.Owner
+		resp.Token = le.Lease.Token
+		resp.ExpiresAt = api.FormatTime(le.Lease.ExpiresAt)
+	}
+	return resp
+}
+
+// remaining is how long until l ends, at least 1ms (a lease reported as
+// over still needs a look: the store will have expired it by then), or 0
+// when the store gave no expiry.
+func remaining(l store.Lease) time.Duration {
+	if l.ExpiresAt.IsZero() {
+		return 0
+	}
+	return max(time.Until(l.ExpiresAt), time.Millisecond)
+}
+
+func quote(s string) string { return strconv.Quote(s) }
