@@ -63,7 +63,6 @@ func TestOverdueAttemptIsAnsweredWithItsOutcome(t *testing.T) {
 	})
 }
 
-
 // Hole 2: a cancel handled before its acquire retires the lock id: the
 // acquire is refused, never parked, never granted.
 func TestCancelBeforeAcquireRetiresTheID(t *testing.T) {
@@ -376,4 +375,3 @@ func indexOf(s, sub string) int {
 	}
 	return -1
 }
-

@@ -217,7 +217,7 @@ func (s *Service) failStore(r *request, op string, err error) {
 	case api.CodeBadRequest:
 		s.fail(r, code, "%s %q: %v", op, r.key, err)
 	case api.CodeUnavailable:
-		s.fail(r, code, "%s %q: store unavailable, the outcome is unknown; retry (an acquire with the same lock_id): %v", op, r.key, err)
+		s.fail(r, code, "%s %q: store unavailable, the outcome is unknown (docs/PROTOCOL.md, lost replies); retry: %v", op, r.key, err)
 	default:
 		s.cfg.Logf("%s %q: %v", op, r.key, err)
 		s.fail(r, code, "%s %q: internal error, the outcome is unknown: %v", op, r.key, err)
