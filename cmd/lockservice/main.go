@@ -76,6 +76,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.svc.MaxTTL, "max-ttl", 10*time.Minute, "longest lease a request may ask for")
 	fs.DurationVar(&c.svc.MaxWait, "max-wait", 10*time.Minute, "longest wait_ms a request may ask for")
 	fs.IntVar(&c.svc.MaxWaiters, "max-waiters", 100_000, "parked acquire/wait requests per instance before 503")
+	fs.IntVar(&c.svc.MaxWaitersPerKey, "max-waiters-per-key", 10_000, "parked acquire/wait requests per key on an instance before 503")
 	fs.IntVar(&c.svc.MaxValueBytes, "max-value-bytes", 512<<10, "largest state object accepted")
 	fs.DurationVar(&c.objectTTL, "object-ttl", 0, "state objects expire this long after their last write (0 = never)")
 	fs.DurationVar(&c.markerTTL, "marker-ttl", 0, "jetstream: how long release and expiry markers stay (get reports the last token while they do); at least --max-ttl, which it defaults to (a marker must outlive the leases it ends: see docs/STORES.md)")

@@ -187,8 +187,9 @@ type AcquireRequest struct {
 	// TTLms is the lease length; 0 means the service default.
 	TTLms int64 `json:"ttl_ms,omitempty" msgpack:"ttl_ms,omitempty"`
 	// WaitMs is how long to wait for the lock; 0 tries once. The service
-	// never grants after this much time has passed since it received the
-	// request.
+	// starts no store attempt for the request after this much time has
+	// passed since it received it; an attempt in flight then is answered
+	// with its outcome.
 	WaitMs int64 `json:"wait_ms,omitempty" msgpack:"wait_ms,omitempty"`
 	// LockID is the caller-chosen lock id; empty lets the service pick one.
 	// Retrying an acquire with the same lock id returns the same grant.
