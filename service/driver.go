@@ -155,6 +155,7 @@ func (s *Service) grantLocked(ks *keyState, w *waiter, g store.Grant, out *outco
 	s.reg.rememberGrant(w, time.Now())
 	s.stats.grants.Add(1)
 	out.answer(w, answer{r: w.r, resp: grantResponse(w, g)})
+	w.r = nil // answered: the registry keeps only the id for a cancel
 	s.watchLeaseLocked(w.key, g.Lease.Token, remaining(g.Lease))
 	if ks != nil {
 		for _, ww := range ks.q.waits() {

@@ -89,13 +89,14 @@ func (s *Service) dropIfIdle(key string, ks *keyState) {
 // they arrived; r's in-flight slot is handed to the store attempt or given
 // up once parked.
 func (s *Service) admitAcquire(w *waiter) {
+	r := w.r // w.r is guarded by s.mu once w is registered
 	now := time.Now()
 	var out outcome
 	s.mu.Lock()
 	if s.reg.isRetired(w.key, w.id, now) {
 		s.mu.Unlock()
-		w.r.finish()
-		s.respond(w.r, api.AcquireResponse{Key: w.key})
+		r.finish()
+		s.respond(r, api.AcquireResponse{Key: w.key})
 		return
 	}
 	if old := s.reg.register(w); old != nil {
@@ -106,7 +107,7 @@ func (s *Service) admitAcquire(w *waiter) {
 		s.mu.Unlock()
 		s.carryOut(out)
 		s.dispatch(func() {
-			defer w.r.finish()
+			defer r.finish()
 			s.tryAcquire(w)
 		})
 		return
@@ -120,13 +121,14 @@ func (s *Service) admitAcquire(w *waiter) {
 	}
 	s.dropIfIdle(w.key, ks)
 	s.mu.Unlock()
-	w.r.finish()
+	r.finish()
 	s.carryOut(out)
 }
 
 // admitWait takes a blocking wait into the waiting room (on the wait
 // subscription's goroutine).
 func (s *Service) admitWait(w *waiter) {
+	r := w.r
 	now := time.Now()
 	var out outcome
 	s.mu.Lock()
@@ -144,7 +146,7 @@ func (s *Service) admitWait(w *waiter) {
 	}
 	s.dropIfIdle(w.key, ks)
 	s.mu.Unlock()
-	w.r.finish()
+	r.finish()
 	s.carryOut(out)
 }
 
