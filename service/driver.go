@@ -44,7 +44,7 @@ type answer struct {
 // outcome is what a decision asks to be done outside Service.mu.
 type outcome struct {
 	answers   []answer
-	giveBacks []*waiter // grants nobody will receive: released by lock id
+	giveBacks []giveBack // grants nobody will receive: released by lock id
 	expired   []store.Event
 	wake      bool // the key may be free: attempt again
 }
@@ -55,7 +55,19 @@ func (o *outcome) fail(w *waiter, code int, format string, args ...any) {
 	o.answers = append(o.answers, answer{r: w.r, code: code, msg: fmt.Sprintf(format, args...)})
 }
 
-func (o *outcome) giveBack(w *waiter) { o.giveBacks = append(o.giveBacks, w) }
+// giveBack is a grant to release: to a retired lock id. lease is the
+// grant's when the attempt returned it (zero for an unknown outcome).
+type giveBack struct {
+	key, id string
+	lease   store.Lease
+}
+
+// giveBack asks for the grant to w's retired lock id to be released; the
+// key may then be free, so the driver looks again.
+func (o *outcome) giveBack(w *waiter, lease store.Lease) {
+	o.giveBacks = append(o.giveBacks, giveBack{key: w.key, id: w.id, lease: lease})
+	o.wake = true
+}
 
 // settleLocked decides the fate of acquire w after a store attempt for it:
 // granted, superseded by a retry, too late, cancelled, or failed. It
@@ -75,7 +87,7 @@ func (s *Service) settleLocked(ks *keyState, w *waiter, a attempt, out *outcome)
 	switch {
 	case a.retry:
 		if retired {
-			out.giveBack(w)
+			out.giveBack(w, store.Lease{})
 			s.endLocked(w, out)
 			return false
 		}
@@ -84,7 +96,7 @@ func (s *Service) settleLocked(ks *keyState, w *waiter, a attempt, out *outcome)
 	case a.err == nil:
 		switch {
 		case retired:
-			out.giveBack(w)
+			out.giveBack(w, a.grant.Lease)
 			s.endLocked(w, out)
 			return false
 		case w.next != nil:
@@ -94,11 +106,14 @@ func (s *Service) settleLocked(ks *keyState, w *waiter, a attempt, out *outcome)
 			// leaves the lease to the id (a retry with it gets it back).
 			if cur := current(w); !cur.done && !cur.attempting {
 				s.grantLocked(ks, cur, a.grant, out)
+			} else {
+				s.watchLeaseLocked(w.key, a.grant.Token, remaining(a.grant.Lease))
 			}
 			return true
 		case w.done:
 			// Answered 503 while the attempt ran (shutdown): an unknown
 			// outcome for the caller, who retries with the id or withdraws.
+			s.watchLeaseLocked(w.key, a.grant.Token, remaining(a.grant.Lease))
 			return true
 		}
 		s.grantLocked(ks, w, a.grant, out)
@@ -108,11 +123,11 @@ func (s *Service) settleLocked(ks *keyState, w *waiter, a attempt, out *outcome)
 			return false
 		}
 		if retired || w.overdue || !w.blocking || w.elem == nil {
-			s.finishLocked(w)
 			if !w.blocking {
+				s.finishLocked(w)
 				out.answer(w, answer{r: w.r, resp: notAcquired(w.key, le)})
 			} else {
-				out.answer(w, s.notDone(w))
+				s.endLocked(w, out)
 			}
 		}
 		return false
@@ -120,7 +135,7 @@ func (s *Service) settleLocked(ks *keyState, w *waiter, a attempt, out *outcome)
 		// Unknown outcome: the store may have granted it.
 		switch {
 		case retired:
-			out.giveBack(w)
+			out.giveBack(w, store.Lease{})
 			s.endLocked(w, out)
 		case w.done:
 			if cur := current(w); cur != w && cur.elem != nil {
@@ -138,13 +153,19 @@ func (s *Service) settleLocked(ks *keyState, w *waiter, a attempt, out *outcome)
 }
 
 // endLocked finishes w and answers it "not acquired" unless it was
-// answered already.
+// answered already or its liveness window ran out. A lapsed request gets
+// no answer: its caller stopped renewing and must treat its lock id as
+// spent, and an "acquired":false could be taken for a wait that ran out,
+// after which a caller may reuse the id elsewhere while this instance
+// gives back a late grant for it.
 func (s *Service) endLocked(w *waiter, out *outcome) {
 	if w.done {
 		return
 	}
 	s.finishLocked(w)
-	out.answer(w, s.notDone(w))
+	if !w.lapsed {
+		out.answer(w, s.notDone(w))
+	}
 }
 
 // grantLocked answers w with grant g, and the waits parked on the key (the
@@ -190,7 +211,14 @@ func (s *Service) drive(key string, ks *keyState) {
 		var out outcome
 		s.mu.Lock()
 		ks.dirty = false
+		now := time.Now()
 		head := ks.q.head()
+		for head != nil && s.dueLocked(head, now, &out) {
+			head = ks.q.head()
+		}
+		for _, w := range ks.q.waits() {
+			s.dueLocked(w, now, &out)
+		}
 		switch {
 		case head != nil:
 			head.attempting = true
@@ -199,6 +227,9 @@ func (s *Service) drive(key string, ks *keyState) {
 			g, err := s.st.Acquire(ctx, key, head.id, head.opts)
 			cancel()
 			s.mu.Lock()
+			for _, w := range ks.q.waits() {
+				s.lookedLocked(w) // the attempt looked at the key for them too
+			}
 			s.observeLocked(key, ks, g.Lease, err, &out)
 			s.settleLocked(ks, head, attempt{grant: g, err: err}, &out)
 		case ks.q.watching():
@@ -239,6 +270,12 @@ func (s *Service) observeLocked(key string, ks *keyState, granted store.Lease, e
 			ks.expiring = 0
 		}
 		s.watchLeaseLocked(key, le.Lease.Token, le.ExpiresIn)
+	default:
+		if ks.expiring != 0 {
+			// The attempt could not tell: look at that lease again.
+			s.watchLeaseLocked(key, ks.expiring, time.Second)
+			ks.expiring = 0
+		}
 	}
 }
 
@@ -271,9 +308,7 @@ func (s *Service) settleWatchersLocked(key string, ks *keyState, info store.Info
 	}
 }
 
-// tryAcquire makes the one store attempt of an acquire that is not parked
-// first: a try (wait_ms 0), or a retry with a lock id this instance granted
-// recently. A blocking one that finds the key held is parked.
+// tryAcquire makes the one store attempt of a try (wait_ms 0).
 func (s *Service) tryAcquire(w *waiter) {
 	ctx, cancel := s.storeCtx()
 	g, err := s.st.Acquire(ctx, w.key, w.id, w.opts)
@@ -281,18 +316,7 @@ func (s *Service) tryAcquire(w *waiter) {
 	var out outcome
 	s.mu.Lock()
 	ks := s.keys[w.key]
-	if errors.Is(err, store.ErrLocked) && w.blocking && !w.done && !w.overdue && !w.lapsed && !s.reg.isRetired(w.key, w.id, time.Now()) {
-		w.attempting = false
-		ks = s.keyFor(w.key)
-		if s.parkLocked(ks, w, time.Now(), &out) && ks.q.head() == w {
-			s.wakeLocked(w.key, ks)
-		}
-	} else {
-		s.settleLocked(ks, w, attempt{grant: g, err: err}, &out)
-	}
-	if ks != nil {
-		s.dropIfIdle(w.key, ks)
-	}
+	s.settleLocked(ks, w, attempt{grant: g, err: err}, &out)
 	s.mu.Unlock()
 	s.carryOut(out)
 }
@@ -312,14 +336,20 @@ func (s *Service) handOff(ctx context.Context, key, fromID string, u store.Updat
 	s.mu.Lock()
 	ks := s.keys[key]
 	var head *waiter
+	var early outcome
 	if ks != nil && !ks.running {
-		if w := ks.q.head(); w != nil && now.Before(w.deadline) && !w.lapsed {
+		w := ks.q.head()
+		for w != nil && s.dueLocked(w, now, &early) {
+			w = ks.q.head()
+		}
+		if w != nil {
 			head = w
 			head.attempting = true
 			ks.running = true // this release acts as the key's driver
 		}
 	}
 	s.mu.Unlock()
+	s.carryOut(early)
 	if head == nil {
 		return false, nil
 	}
@@ -367,8 +397,8 @@ func (s *Service) carryOut(out outcome) {
 			s.respond(a.r, a.resp)
 		}
 	}
-	for _, w := range out.giveBacks {
-		s.giveBack(w.key, w.id)
+	for _, gb := range out.giveBacks {
+		s.giveBack(gb)
 	}
 	for _, e := range out.expired {
 		s.stats.expiredEvents.Add(1)
@@ -377,19 +407,57 @@ func (s *Service) carryOut(out outcome) {
 }
 
 // giveBack releases a grant nobody will receive (its lock id is retired).
-// The one path by which the service releases a lease on its own.
-func (s *Service) giveBack(key, lockID string) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StoreTimeout)
+// The one path by which the service releases a lease on its own. When the
+// store fails, the lease's end is watched (stores without Notifier) and the
+// release is tried again in the background, once a second, until it is
+// done, the lease can have ended, or the instance stops.
+func (s *Service) giveBack(gb giveBack) {
+	if s.giveBackOnce(gb) {
+		return
+	}
+	s.mu.Lock()
+	s.watchLeaseLocked(gb.key, gb.lease.Token, remaining(gb.lease))
+	s.mu.Unlock()
+	until := time.Now().Add(s.cfg.MaxTTL)
+	if !gb.lease.ExpiresAt.IsZero() {
+		until = gb.lease.ExpiresAt
+	}
+	s.ops.Add(1)
+	go func() {
+		defer s.ops.Done()
+		t := time.NewTimer(time.Second)
+		defer t.Stop()
+		for time.Now().Before(until) {
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-t.C:
+			}
+			if s.giveBackOnce(gb) {
+				return
+			}
+			t.Reset(time.Second)
+		}
+	}()
+}
+
+// giveBackOnce tries the release of a give-back once; true when it is
+// settled (released, or the lock id no longer holds the key).
+func (s *Service) giveBackOnce(gb giveBack) bool {
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.StoreTimeout)
 	defer cancel()
-	err := s.st.Release(ctx, key, lockID, store.Update{})
+	err := s.st.Release(ctx, gb.key, gb.id, store.Update{})
 	switch {
 	case err == nil:
 		s.stats.givenBack.Add(1)
-		s.released(key)
+		s.released(gb.key)
+		return true
 	case errors.Is(err, store.ErrNotHeld):
+		return true
 	default:
 		s.countStoreError(err)
-		s.cfg.Logf("give back the grant of %q to a retired lock id: %v (it ends with its lease)", key, err)
+		s.cfg.Logf("give back the grant of %q to a retired lock id: %v (trying again)", gb.key, err)
+		return false
 	}
 }
 

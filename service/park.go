@@ -51,7 +51,6 @@ type waiter struct {
 	overdue    bool    // wait_ms ran out while an attempt was in flight
 	lapsed     bool    // the liveness window ran out
 	next       *waiter // the newer request with the same id that superseded it
-	afterGrant bool    // a retry of a lock id this instance granted recently
 	fresh      bool    // parked, its first look at the store still to come
 }
 
@@ -102,7 +101,7 @@ func (s *Service) admitAcquire(w *waiter) {
 	if old := s.reg.register(w); old != nil {
 		s.supersedeLocked(old, &out)
 	}
-	if !w.blocking || w.afterGrant {
+	if !w.blocking {
 		w.attempting = true
 		s.mu.Unlock()
 		s.carryOut(out)
@@ -241,39 +240,48 @@ func (s *Service) lookedLocked(w *waiter) {
 // liveness window was not renewed (retiring its lock id), unless a store
 // attempt for it is in flight: that attempt settles it.
 func (s *Service) onTimer(w *waiter) {
-	now := time.Now()
 	var out outcome
 	s.mu.Lock()
-	switch {
-	case w.done, w.next != nil:
-		// answered, or superseded by a retry (settled by its attempt)
-	case !now.Before(w.deadline):
-		if w.attempting {
-			w.overdue = true
-			break
-		}
-		s.finishLocked(w)
-		s.stats.waitTimeouts.Add(1)
-		out.answer(w, s.notDone(w))
-	case w.window > 0 && !now.Before(w.aliveUntil):
-		w.lapsed = true
-		if w.kind == acquireReq {
-			s.reg.retire(w.key, w.id, now)
-		}
-		s.stats.lapsed.Add(1)
-		if w.attempting {
-			break
-		}
-		s.finishLocked(w)
-		out.answer(w, s.notDone(w))
-	default:
-		s.armTimerLocked(w, now)
+	if !s.dueLocked(w, time.Now(), &out) && !w.done && w.next == nil && !w.overdue && !w.lapsed {
+		s.armTimerLocked(w, time.Now())
 	}
 	if ks := s.keys[w.key]; ks != nil {
 		s.dropIfIdle(w.key, ks)
 	}
 	s.mu.Unlock()
 	s.carryOut(out)
+}
+
+// dueLocked ends w if its deadline or liveness window has passed at now,
+// and reports whether it did (or marked it, when an attempt for it is in
+// flight). The driver asks before every attempt, so no attempt starts for
+// a request past its deadline or window, whenever its timer fires.
+func (s *Service) dueLocked(w *waiter, now time.Time, out *outcome) bool {
+	switch {
+	case w.done || w.next != nil:
+		// answered, or superseded by a retry (settled by its attempt)
+		return false
+	case !now.Before(w.deadline):
+		if w.attempting {
+			w.overdue = true
+			return true
+		}
+		s.finishLocked(w)
+		s.stats.waitTimeouts.Add(1)
+		out.answer(w, s.notDone(w))
+		return true
+	case w.window > 0 && !now.Before(w.aliveUntil) && !w.lapsed:
+		w.lapsed = true
+		if w.kind == acquireReq {
+			s.reg.retire(w.key, w.id, now)
+		}
+		s.stats.lapsed.Add(1)
+		if !w.attempting {
+			s.finishLocked(w) // no answer: see endLocked
+		}
+		return true
+	}
+	return false
 }
 
 // notDone is the answer of a request that ends without its result: an
@@ -319,7 +327,7 @@ func (s *Service) withdraw(key, lockID string) bool {
 		switch {
 		case w.granted:
 			s.reg.forget(w)
-			out.giveBack(w)
+			out.giveBack(w, store.Lease{})
 		case w.done, w.attempting:
 		default:
 			s.finishLocked(w)

@@ -58,8 +58,6 @@ func (g *registry) register(w *waiter) (superseded *waiter) {
 	if prev := m[w.id]; prev != nil && !prev.done && prev.key == w.key {
 		prev.next = w
 		superseded = prev
-	} else if prev != nil && prev.granted && prev.key == w.key {
-		w.afterGrant = true
 	}
 	m[w.id] = w
 	return superseded

@@ -144,7 +144,7 @@ func TestLivenessWindow(t *testing.T) {
 		if n := h.parked(); n != 1 {
 			t.Fatalf("%d parked after 5 s, want 1 (the renewed one)", n)
 		}
-		h.notAcquired("the request that was not renewed", deadReply)
+		h.noAnswer(deadReply, "the request that was not renewed (dropped without an answer)")
 		if r := h.send("alive", key, fmt.Sprintf(`{"id":%q}`, dead)); len(h.answers(r)) != 0 {
 			t.Fatal("a renewal of the dropped request was answered")
 		}
@@ -179,7 +179,7 @@ func TestLapseDuringAttemptGivesBack(t *testing.T) {
 		<-gate.Entered()
 		time.Sleep(2 * time.Second)
 		gate.Open()
-		h.notAcquired("the lapsed request", reply)
+		h.noAnswer(reply, "the lapsed request (dropped without an answer)")
 		if info := h.info(key); info.Locked {
 			t.Fatalf("Get = %+v, want the lapsed request's grant given back", info)
 		}
