@@ -11,6 +11,36 @@
 // Every lock carries a fencing token that is strictly greater than the
 // token of every earlier grant of the same key: pass it to the resources
 // you write, and have them reject tokens lower than the highest they saw.
+//
+// # Blocking requests and their liveness window
+//
+// Acquire and Wait block in requests of at most a minute each. By default
+// each such request carries a liveness window (WithAliveWindow, 5s): the
+// client renews it every window/3 on <prefix>.alive.<key>, and the service
+// keeps the request parked only while it is renewed. A client that dies
+// stops renewing, so the service drops its request within the window
+// instead of granting the lock to nobody; a renewal that no instance
+// confirms tells the client that its request is gone (its instance died,
+// or its answer was lost), and the client withdraws it and asks again.
+// While renewals are confirmed a request has no timeout of its own.
+//
+// # Unknown outcomes
+//
+// An acquire answered 503 or 500, or one not under a liveness window whose
+// answer was lost, may have been granted. The client asks once more with
+// the same lock id and wait_ms 0, which returns the grant if one was made.
+// If that fails too, or the renewal of a parked acquire went unconfirmed,
+// or ctx ends, the client withdraws the lock id (a cancel to every
+// instance, then a release) and never uses it again: it is not left
+// holding a lock nobody knows about. A blocking request is never retried
+// under a lock id whose renewal went unconfirmed, since the instance that
+// had it may still give back a grant for it. Likewise a blocking acquire
+// answered "not acquired" before its wait ran out (the service refused its
+// lock id), or so late that its window may have run out on the service
+// (this process stalled), is not sent again under its lock id. Acquire
+// then goes on under a new lock id (after a short backoff when the service
+// answered an error or refused the id); with a lock id of the caller's
+// (WithLockID) it returns an error matching ErrUnavailable instead.
 package client
 
 import (
@@ -19,6 +49,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"strconv"
 	"time"
 
@@ -87,6 +118,7 @@ type Client struct {
 	ttl     time.Duration
 	owner   string
 	chunk   time.Duration
+	alive   time.Duration // liveness window of blocking requests; 0: none
 }
 
 // Option configures a Client.
@@ -95,8 +127,9 @@ type Option func(*Client)
 // WithPrefix sets the subject prefix of the service (default "lock").
 func WithPrefix(p string) Option { return func(c *Client) { c.prefix = p } }
 
-// WithRequestTimeout bounds non-blocking requests and is the grace added to
-// blocking ones (default 5s).
+// WithRequestTimeout bounds non-blocking requests and liveness renewals,
+// and is the grace added to blocking requests without a liveness window
+// (default 5s).
 func WithRequestTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = d } }
 
 // WithDefaultTTL sets the lease asked for when an acquire gives none
@@ -106,12 +139,26 @@ func WithDefaultTTL(d time.Duration) Option { return func(c *Client) { c.ttl = d
 // WithOwner sets the owner label sent with every acquire (default none).
 func WithOwner(label string) Option { return func(c *Client) { c.owner = label } }
 
-// New returns a client using nc, which stays yours to close.
+// WithAliveWindow sets the liveness window of blocking requests (default
+// 5s; 1s to 1m). While a request is parked, the client renews it every
+// d/3, each renewal waiting at most min(d/3, the request timeout) for its
+// confirmation; the service drops a request not renewed within d. A
+// renewal nobody confirms means the request is gone: the client withdraws
+// it and asks again under a new lock id. 0 turns the window off: a parked
+// request then stays parked until its wait runs out, even if this client
+// is gone, and a blocking request times out after its wait plus the
+// request timeout. The service must serve <prefix>.alive.<key>: against
+// one that does not, every parked request is withdrawn and sent again
+// each d/3 (use 0 there).
+func WithAliveWindow(d time.Duration) Option { return func(c *Client) { c.alive = d } }
+
+// New returns a client using nc, which stays yours to close. It returns an
+// error when an option is out of range.
 func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 	if nc == nil {
 		return nil, errors.New("client: nil connection")
 	}
-	c := &Client{nc: nc, prefix: api.DefaultPrefix, timeout: 5 * time.Second, chunk: time.Minute}
+	c := &Client{nc: nc, prefix: api.DefaultPrefix, timeout: 5 * time.Second, chunk: time.Minute, alive: 5 * time.Second}
 	for _, o := range opts {
 		o(c)
 	}
@@ -120,6 +167,9 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 	}
 	if c.timeout <= 0 || c.ttl < 0 {
 		return nil, errors.New("client: timeouts must be positive")
+	}
+	if c.alive != 0 && (c.alive < api.MinAlive || c.alive > api.MaxAlive) {
+		return nil, fmt.Errorf("client: alive window %v is out of range: %v to %v, or 0 for none", c.alive, api.MinAlive, api.MaxAlive)
 	}
 	return c, nil
 }
@@ -131,31 +181,50 @@ func NewLockID() string {
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
-// call sends one request and decodes the answer into resp.
-func (c *Client) call(ctx context.Context, op, key string, req, resp any) error {
+// message encodes a request for op on key.
+func (c *Client) message(op, key string, req any) (*nats.Msg, error) {
 	if err := api.ValidateKey(key); err != nil {
-		return fmt.Errorf("client: %s: %w: %w", op, ErrBadRequest, err)
+		return nil, fmt.Errorf("client: %s: %w: %w", op, ErrBadRequest, err)
 	}
 	data, err := msgpack.Marshal(req)
 	if err != nil {
-		return fmt.Errorf("client: %s %q: encode: %w", op, key, err)
+		return nil, fmt.Errorf("client: %s %q: encode: %w", op, key, err)
+	}
+	return &nats.Msg{
+		Subject: api.Subject(c.prefix, op, key),
+		Data:    data,
+		Header:  nats.Header{api.ContentTypeHeader: {api.MsgpackContentType}},
+	}, nil
+}
+
+// call sends one request and decodes the answer into resp. Without a
+// deadline in ctx it waits at most the request timeout.
+func (c *Client) call(ctx context.Context, op, key string, req, resp any) error {
+	msg, err := c.message(op, key, req)
+	if err != nil {
+		return err
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
-	m, err := c.nc.RequestMsgWithContext(ctx, &nats.Msg{
-		Subject: api.Subject(c.prefix, op, key),
-		Data:    data,
-		Header:  nats.Header{api.ContentTypeHeader: {api.MsgpackContentType}},
-	})
+	m, err := c.nc.RequestMsgWithContext(ctx, msg)
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) {
-			return fmt.Errorf("client: %s %q: %w: no lock service instance is listening on %s", op, key, ErrUnavailable, api.Subject(c.prefix, op, key))
+			return c.noResponders(op, key)
 		}
 		return fmt.Errorf("client: %s %q: %w", op, key, err)
 	}
+	return decodeAnswer(op, key, m, resp)
+}
+
+func (c *Client) noResponders(op, key string) error {
+	return fmt.Errorf("client: %s %q: %w: no lock service instance is listening on %s", op, key, ErrUnavailable, api.Subject(c.prefix, op, key))
+}
+
+// decodeAnswer returns the error an answer carries, or decodes it into resp.
+func decodeAnswer(op, key string, m *nats.Msg, resp any) error {
 	if code := m.Header.Get(micro.ErrorCodeHeader); code != "" {
 		n, _ := strconv.Atoi(code)
 		return &Error{Op: op, Key: key, Code: n, Message: m.Header.Get(micro.ErrorHeader)}
@@ -168,6 +237,22 @@ func (c *Client) call(ctx context.Context, op, key string, req, resp any) error 
 
 func isTimeout(err error) bool {
 	return errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// unknownOutcome reports an error answer after which the request may or
+// may not have taken effect (503, 500).
+func unknownOutcome(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code >= api.CodeInternal
+}
+
+// ended is the error for a blocking call whose ctx ended: ctx's error when
+// it was cancelled, else one matching ErrTimeout.
+func ended(ctx context.Context, op, key string) error {
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return ctx.Err()
+	}
+	return fmt.Errorf("client: %s %q: %w", op, key, ErrTimeout)
 }
 
 // AcquireOption configures one acquire.
@@ -184,10 +269,11 @@ func WithOwnerLabel(label string) AcquireOption {
 }
 
 // WithLockID uses id (16-128 chars of [-_a-zA-Z0-9], unguessable) instead
-// of a fresh random one. Reuse an id only to retry a request whose answer
-// was lost: once a request was answered "not acquired", the service
-// releases any grant for its id that completes late, so Acquire with a
-// chosen id should not wait longer than one request (10 minutes at most).
+// of a fresh random one. Acquire keeps a chosen id across its requests
+// while each ends with a confirmed answer; when it has to withdraw the id
+// (see the package comment), the service refuses the id from then on, and
+// Acquire returns an error matching ErrUnavailable: acquire again with a
+// new id.
 func WithLockID(id string) AcquireOption { return func(r *api.AcquireRequest) { r.LockID = id } }
 
 // acquireRequest builds the request; chosen reports a caller-chosen lock id.
@@ -207,102 +293,186 @@ func (c *Client) acquireRequest(opts []AcquireOption) (req api.AcquireRequest, c
 }
 
 // TryAcquire takes the lock if it is free, once. It returns an error
-// matching ErrLocked when another holder has it.
+// matching ErrLocked when another holder has it. After an unknown outcome
+// (503, 500, a lost answer) it asks once more with the same lock id; if
+// that fails too it withdraws the lock id and returns the error (matching
+// ErrUnavailable or ErrInternal, or ErrTimeout).
 func (c *Client) TryAcquire(ctx context.Context, key string, opts ...AcquireOption) (*Lock, error) {
 	req, _ := c.acquireRequest(opts)
-	l, err := c.acquireOnce(ctx, key, req, time.Now())
-	if err != nil && !errors.Is(err, ErrLocked) && isTimeout(err) {
-		c.giveUp(key, req.LockID)
+	firstSent := time.Now()
+	l, err := c.acquireOnce(ctx, key, req, firstSent)
+	if err == nil || errors.Is(err, ErrLocked) {
+		return l, err
 	}
-	return l, err
+	if ctx.Err() == nil && (unknownOutcome(err) || isTimeout(err)) {
+		var rerr error
+		if l, rerr = c.acquireOnce(ctx, key, req, firstSent); rerr == nil || errors.Is(rerr, ErrLocked) {
+			return l, rerr
+		}
+		err = fmt.Errorf("%w (asked again with the same lock id: %v)", err, rerr)
+	}
+	if unknownOutcome(err) || isTimeout(err) || errors.Is(err, context.Canceled) {
+		c.withdraw(key, req.LockID)
+	}
+	return nil, err
 }
 
+// errEndedEarly: a blocking acquire was answered "not acquired" before its
+// wait ran out, or when its liveness window may have run out on the
+// service: the service refused its lock id or dropped the request, so the
+// lock id may be retired (the service gives back grants for it).
+var errEndedEarly = errors.New("the service ended the blocking acquire before its wait ran out (its lock id may be retired)")
+
 // acquireOnce sends one acquire. firstSent is when the first request with
-// this lock id was sent: a grant returned to a retry started then.
+// this lock id was sent: a grant returned to a retry started then. A
+// blocking request waits under its liveness window (park), or without one
+// for its wait plus the request timeout.
 func (c *Client) acquireOnce(ctx context.Context, key string, req api.AcquireRequest, firstSent time.Time) (*Lock, error) {
 	var resp api.AcquireResponse
-	if err := c.call(ctx, api.OpAcquire, key, req, &resp); err != nil {
-		return nil, err
+	var err error
+	wait := time.Duration(req.WaitMs) * time.Millisecond
+	sent, inWindow := time.Now(), true
+	if wait > 0 && c.alive > 0 {
+		req.AliveMs = c.alive.Milliseconds()
+		inWindow, err = c.park(ctx, api.OpAcquire, key, req.LockID, req, &resp)
+	} else {
+		rctx, cancel := context.WithTimeout(ctx, wait+c.timeout)
+		err = c.call(rctx, api.OpAcquire, key, req, &resp)
+		cancel()
 	}
-	if !resp.Acquired {
+	switch {
+	case err != nil:
+		return nil, err
+	case resp.Acquired:
+		return c.newLock(key, firstSent, resp), nil
+	case wait > 0 && (!inWindow || time.Since(sent) < wait-wait/10):
+		return nil, fmt.Errorf("client: acquire %q: %w", key, errEndedEarly)
+	default:
 		return nil, fmt.Errorf("%w: %q by %q (token %d)", ErrLocked, key, resp.Owner, resp.Token)
 	}
-	return c.newLock(key, firstSent, resp), nil
 }
 
 // Acquire takes the lock, waiting until it is free or ctx ends (then it
 // returns an error matching ErrTimeout, or ctx's error when ctx was
-// cancelled). A request whose reply is lost is retried with the same lock
-// id, which returns the same grant; on giving up, the client withdraws the
-// request so no lock is left orphaned.
+// cancelled, and withdraws its request so no lock is left orphaned). It
+// waits in requests of at most a minute, each under the liveness window
+// (WithAliveWindow); each request after a "not acquired" answer takes a
+// new lock id, unless the id is the caller's (WithLockID).
+//
+// After an unknown outcome it asks once more with the same lock id and
+// wait_ms 0, which returns the grant if one was made; if that fails too,
+// or a renewal went unconfirmed, it withdraws the lock id and goes on
+// under a new one. With a caller-chosen lock id it returns an error
+// matching ErrUnavailable instead. Other errors (400, no service
+// listening) are returned at once.
 func (c *Client) Acquire(ctx context.Context, key string, opts ...AcquireOption) (*Lock, error) {
 	req, chosen := c.acquireRequest(opts)
 	firstSent := time.Now()
-	lost := false // the last request's answer was lost
+	newID := func() {
+		req.LockID = NewLockID()
+		firstSent = time.Now()
+	}
+	var pause backoff
 	for {
 		wait := c.chunk
 		if dl, ok := ctx.Deadline(); ok {
 			wait = min(wait, time.Until(dl)-20*time.Millisecond)
 		}
-		if wait < time.Millisecond || lost {
-			// After a lost answer, ask once without waiting: a blocking
-			// retry would queue behind other waiters for a lock this id may
-			// already hold.
-			wait = 0
-		}
-		req.WaitMs = wait.Milliseconds()
-		rctx, cancel := context.WithTimeout(ctx, wait+c.timeout)
-		l, err := c.acquireOnce(rctx, key, req, firstSent)
-		cancel()
-		if lost && errors.Is(err, ErrLocked) && ctx.Err() == nil {
-			// Not granted (yet): withdraw the lost request wherever it is
-			// parked, and go on waiting under a new lock id.
-			lost = false
-			c.giveUp(key, req.LockID)
-			if !chosen {
-				req.LockID = NewLockID()
-				firstSent = time.Now()
-			}
-			continue
-		}
-		lost = false
+		req.WaitMs = max(wait, 0).Milliseconds()
+		l, err := c.acquireOnce(ctx, key, req, firstSent)
 		switch {
 		case err == nil:
 			return l, nil
 		case errors.Is(err, ErrLocked):
 			if ctx.Err() != nil || req.WaitMs == 0 {
-				if ctx.Err() == context.Canceled {
-					return nil, ctx.Err()
-				}
-				return nil, fmt.Errorf("client: acquire %q: %w", key, ErrTimeout)
+				return nil, ended(ctx, "acquire", key)
 			}
-			// The answered request's lock id is retired: the service gives
-			// back a grant for it that completes after its deadline, so a
-			// new request must not reuse it (it could be handed that grant
-			// just before it is given back).
+			pause.reset()
 			if !chosen {
-				req.LockID = NewLockID()
-				firstSent = time.Now()
+				newID()
 			}
-		case isTimeout(err) || errors.Is(err, context.Canceled):
+		case errors.Is(err, errEndedEarly):
 			if ctx.Err() != nil {
-				c.giveUp(key, req.LockID)
-				if ctx.Err() == context.Canceled {
-					return nil, ctx.Err()
-				}
-				return nil, fmt.Errorf("client: acquire %q: %w: %w", key, ErrTimeout, err)
+				return nil, ended(ctx, "acquire", key)
 			}
-			// The reply was lost: ask again with the same lock id, which
-			// returns the grant if one was made.
-			lost = true
+			if chosen {
+				c.withdraw(key, req.LockID)
+				return nil, withdrawn(key, errEndedEarly)
+			}
+			newID()
+			if err := pause.wait(ctx); err != nil {
+				return nil, ended(ctx, "acquire", key)
+			}
+		case ctx.Err() != nil:
+			c.withdraw(key, req.LockID)
+			return nil, ended(ctx, "acquire", key)
+		case errors.Is(err, errUnconfirmed):
+			// The request is gone; the instance that had it may still
+			// give back a late grant for its lock id, so the id is
+			// withdrawn and never asked with again.
+			c.withdraw(key, req.LockID)
+			if chosen {
+				return nil, withdrawn(key, errUnconfirmed)
+			}
+			newID()
+		case unknownOutcome(err) || isTimeout(err):
+			l, err = c.resolve(ctx, key, req, firstSent, err)
+			switch {
+			case err == nil:
+				return l, nil
+			case errors.Is(err, ErrLocked):
+				if !chosen {
+					newID()
+				}
+			case ctx.Err() != nil:
+				return nil, ended(ctx, "acquire", key)
+			case chosen:
+				return nil, withdrawn(key, err)
+			default:
+				newID()
+			}
+			if err := pause.wait(ctx); err != nil {
+				return nil, ended(ctx, "acquire", key)
+			}
 		default:
 			return nil, err
 		}
 	}
 }
 
-// giveUp withdraws an acquire that may still be parked or granted.
-func (c *Client) giveUp(key, lockID string) {
+// resolve settles an acquire whose outcome is unknown (cause): it asks once
+// more with the same lock id and wait_ms 0, which returns the grant if one
+// was made. An error matching ErrLocked means not granted, and the lock id
+// may be used again. Any other error means the lock id was withdrawn.
+//
+// After a lost answer the request may still be in progress, so a "not
+// acquired" withdraws it as well.
+func (c *Client) resolve(ctx context.Context, key string, req api.AcquireRequest, firstSent time.Time, cause error) (*Lock, error) {
+	req.WaitMs = 0
+	l, err := c.acquireOnce(ctx, key, req, firstSent)
+	switch {
+	case err == nil:
+		return l, nil
+	case errors.Is(err, ErrLocked) && unknownOutcome(cause):
+		return nil, err
+	case errors.Is(err, ErrLocked):
+		c.withdraw(key, req.LockID)
+		return nil, fmt.Errorf("%w (the lost request was withdrawn)", cause)
+	default:
+		c.withdraw(key, req.LockID)
+		return nil, fmt.Errorf("%w (asked again with the same lock id: %v)", cause, err)
+	}
+}
+
+// withdrawn is Acquire's error after it withdrew a caller-chosen lock id.
+func withdrawn(key string, cause error) error {
+	return fmt.Errorf("client: acquire %q: %w: the chosen lock id was withdrawn (%v); acquire with a new lock id", key, ErrUnavailable, cause)
+}
+
+// withdraw abandons an acquire that may still be parked or granted: a
+// cancel to every instance, then a release. The service refuses the lock
+// id afterwards.
+func (c *Client) withdraw(key, lockID string) {
 	data, _ := msgpack.Marshal(api.CancelRequest{LockID: lockID})
 	_ = c.nc.PublishMsg(&nats.Msg{
 		Subject: api.Subject(c.prefix, api.OpCancel, key), Data: data,
@@ -312,6 +482,24 @@ func (c *Client) giveUp(key, lockID string) {
 	defer cancel()
 	var resp api.ReleaseResponse
 	_ = c.call(ctx, api.OpRelease, key, api.ReleaseRequest{LockID: lockID}, &resp)
+}
+
+// backoff paces Acquire after error answers: 50ms doubling to 1s, jittered.
+type backoff struct{ d time.Duration }
+
+func (b *backoff) reset() { b.d = 0 }
+
+// wait sleeps for the next pause, or returns ctx's error when ctx ends first.
+func (b *backoff) wait(ctx context.Context) error {
+	b.d = min(max(2*b.d, 50*time.Millisecond), time.Second)
+	t := time.NewTimer(b.d/2 + mrand.N(b.d/2))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // Info is the state of a key as Get reports it.
@@ -348,8 +536,11 @@ func (c *Client) Get(ctx context.Context, key string) (*Info, error) {
 	return info, nil
 }
 
-// Wait blocks until key is unlocked (or ctx ends: ErrTimeout) and returns
-// its state without taking the lock; nil when there is none.
+// Wait blocks until key is unlocked (or ctx ends: ErrTimeout, or ctx's
+// error when ctx was cancelled) and returns its state without taking the
+// lock; nil when there is none. It waits in requests of at most a minute,
+// each under the liveness window (WithAliveWindow) with a fresh wait id;
+// a request whose renewal went unconfirmed is sent again.
 func (c *Client) Wait(ctx context.Context, key string) ([]byte, error) {
 	for {
 		wait := c.chunk
@@ -357,19 +548,27 @@ func (c *Client) Wait(ctx context.Context, key string) ([]byte, error) {
 			wait = min(wait, time.Until(dl)-20*time.Millisecond)
 		}
 		wait = max(wait, 0)
-		rctx, cancel := context.WithTimeout(ctx, wait+c.timeout)
+		req := api.WaitRequest{WaitMs: wait.Milliseconds()}
 		var resp api.WaitResponse
-		err := c.call(rctx, api.OpWait, key, api.WaitRequest{WaitMs: wait.Milliseconds()}, &resp)
-		cancel()
+		var err error
+		if req.WaitMs > 0 && c.alive > 0 {
+			req.WaitID, req.AliveMs = NewLockID(), c.alive.Milliseconds()
+			_, err = c.park(ctx, api.OpWait, key, req.WaitID, req, &resp)
+		} else {
+			rctx, cancel := context.WithTimeout(ctx, wait+c.timeout)
+			err = c.call(rctx, api.OpWait, key, req, &resp)
+			cancel()
+		}
 		switch {
 		case err == nil:
 			return resp.Value, nil
+		case ctx.Err() != nil:
+			return nil, ended(ctx, "wait", key)
+		case errors.Is(err, errUnconfirmed):
+			// The request is gone: send it again under a new wait id.
 		case errors.Is(err, ErrTimeout) || isTimeout(err):
-			if ctx.Err() != nil || wait == 0 {
-				if ctx.Err() == context.Canceled {
-					return nil, ctx.Err()
-				}
-				return nil, fmt.Errorf("client: wait %q: %w", key, ErrTimeout)
+			if req.WaitMs == 0 {
+				return nil, ended(ctx, "wait", key)
 			}
 		default:
 			return nil, err
