@@ -471,17 +471,30 @@ func withdrawn(key string, cause error) error {
 
 // withdraw abandons an acquire that may still be parked or granted: a
 // cancel to every instance, then a release. The service refuses the lock
-// id afterwards.
+// id afterwards. With the liveness window on, a second release follows a
+// window later: an instance the cancel did not reach (cut off from NATS,
+// not from its store) may still grant the id until the window runs out
+// there, and gives back only what it grants after that.
 func (c *Client) withdraw(key, lockID string) {
 	data, _ := msgpack.Marshal(api.CancelRequest{LockID: lockID})
 	_ = c.nc.PublishMsg(&nats.Msg{
 		Subject: api.Subject(c.prefix, api.OpCancel, key), Data: data,
 		Header: nats.Header{api.ContentTypeHeader: {api.MsgpackContentType}},
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
-	defer cancel()
-	var resp api.ReleaseResponse
-	_ = c.call(ctx, api.OpRelease, key, api.ReleaseRequest{LockID: lockID}, &resp)
+	release := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+		defer cancel()
+		var resp api.ReleaseResponse
+		_ = c.call(ctx, api.OpRelease, key, api.ReleaseRequest{LockID: lockID}, &resp)
+	}
+	release()
+	if c.alive > 0 {
+		time.AfterFunc(c.alive+time.Second, func() {
+			if !c.nc.IsClosed() {
+				release()
+			}
+		})
+	}
 }
 
 // backoff paces Acquire after error answers: 50ms doubling to 1s, jittered.
