@@ -264,7 +264,6 @@ func TestReview9SupersededGrantHasNoExpiredEvent(t *testing.T) {
 	})
 }
 
-
 // Guards (guarantee 5: blocking acquires on one instance are granted in
 // arrival order).
 //
