@@ -1,0 +1,234 @@
+package client_test
+
+// Adversarial tests of review9b: the Go client's giving up (withdraw) and
+// the liveness window, against real servers with several instances.
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/lockservice/lockservice/client"
+	"github.com/lockservice/lockservice/internal/storegate"
+	"github.com/lockservice/lockservice/internal/testsrv"
+	"github.com/lockservice/lockservice/service"
+	"github.com/lockservice/lockservice/service/api"
+	jsstore "github.com/lockservice/lockservice/store/jetstream"
+)
+
+// gatedInstance is a service instance on a JetStream store behind a
+// storegate; the service and the store share one NATS connection.
+type gatedInstance struct {
+	nc   *nats.Conn
+	svc  *service.Service
+	gate *storegate.Gate
+}
+
+func startGated(t testing.TB, srv *server.Server, storeNC, svcNC *nats.Conn) *gatedInstance {
+	t.Helper()
+	if storeNC == nil {
+		storeNC = testsrv.Connect(t, srv)
+	}
+	if svcNC == nil {
+		svcNC = storeNC
+	}
+	js, err := jsstore.New(t.Context(), storeNC, jsstore.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { js.Close() })
+	st, gate := storegate.New(t, js)
+	svc, err := service.New(svcNC, st, service.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Stop() })
+	return &gatedInstance{nc: svcNC, svc: svc, gate: gate}
+}
+
+func (in *gatedInstance) parked() int { return in.svc.Stats().ParkedWaiters }
+
+// rawRelease releases key for lockID with a raw request (msgpack).
+func rawRelease(t testing.TB, nc *nats.Conn, key, lockID string) (bool, error) {
+	t.Helper()
+	data, _ := msgpack.Marshal(api.ReleaseRequest{LockID: lockID})
+	m, err := nc.RequestMsg(&nats.Msg{
+		Subject: api.Subject(api.DefaultPrefix, api.OpRelease, key), Data: data,
+		Header: nats.Header{api.ContentTypeHeader: {api.MsgpackContentType}},
+	}, 5*time.Second)
+	if err != nil {
+		return false, err
+	}
+	var resp api.ReleaseResponse
+	if err := msgpack.Unmarshal(m.Data, &resp); err != nil {
+		return false, err
+	}
+	return resp.Released, nil
+}
+
+// stillLockedFor reports whether Get shows key locked with a token other
+// than notToken during all of d (polling).
+func stillLockedFor(t testing.TB, c *client.Client, key string, notToken uint64, d time.Duration) (client.Info, bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	var last client.Info
+	for time.Now().Before(deadline) {
+		info, err := c.Get(t.Context(), key)
+		if err != nil {
+			t.Fatalf("Get(%q) = %v", key, err)
+		}
+		last = *info
+		if !info.Locked || info.Token == notToken {
+			return last, false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return last, true
+}
+
+// TestReview9bTryAcquireLostAnswerThenLockedLeavesOrphan attacks
+// guarantee 2 (no orphans after giving up).
+//
+// TryAcquire's first request is slow (the store takes 1.5s to apply it, well
+// within the service's 5s store timeout; the client's request timeout is
+// 1s), so its answer is lost to the client: an unknown outcome. The client
+// asks again with the same lock id and wait_ms 0; that retry finds the key
+// held by someone else and TryAcquire returns ErrLocked WITHOUT withdrawing
+// the lock id (client.go TryAcquire: `rerr == nil || errors.Is(rerr,
+// ErrLocked)` returns at once; Acquire's resolve withdraws in this case,
+// "After a lost answer the request may still be in progress"). The holder
+// then releases, and the first request, still in progress on the service,
+// is applied: the key is granted to a lock id nobody knows (the client
+// generated it and dropped it), and stays locked for the whole lease.
+//
+// How it breaks: after TryAcquire returned an error, Get shows the key
+// locked under a new token for the whole observation (3s; the lease is 1m).
+func TestReview9bTryAcquireLostAnswerThenLockedLeavesOrphan(t *testing.T) {
+	srv := testsrv.NATS(t, "")
+	in := startGated(t, srv, nil, nil)
+	ctx := t.Context()
+	key := "r9b.try.orphan"
+	holderC, err := client.New(testsrv.Connect(t, srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder, err := holderC.TryAcquire(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The next store acquire on the key (the client's first request) is slow.
+	h := in.gate.Hold(storegate.Acquire, key)
+	c, err := client.New(testsrv.Connect(t, srv), client.WithRequestTimeout(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.TryAcquire(ctx, key, client.WithTTL(time.Minute))
+	if !errors.Is(err, client.ErrLocked) {
+		t.Fatalf("TryAcquire(%q) = %v, want ErrLocked (the retry found the holder)", key, err)
+	}
+	t.Logf("TryAcquire returned: %v", err)
+	select {
+	case <-h.Entered():
+	default:
+		t.Fatal("the first request never reached the store")
+	}
+	// The holder releases, then the slow first request reaches the store.
+	if err := holder.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h.Open()
+	<-h.Done()
+	if info, locked := stillLockedFor(t, holderC, key, holder.Token(), 3*time.Second); locked {
+		t.Errorf("guarantee 2: TryAcquire(%q) returned %v, yet the key stays locked by a grant to the lock id it used: %+v (an orphan until its 1m lease ends)", key, err, info)
+	}
+}
+
+// TestReview9bAcquireStoppedInstanceLeavesOrphan attacks guarantee 2 (no
+// orphans after giving up) and, through it, liveness.
+//
+// Acquire is parked on instance P. The holder releases through P, so P hands
+// the lock to the parked request with one store Transfer; that Transfer is
+// slow (1s, within the store timeout). Meanwhile P is stopped (a rolling
+// restart): its parked request is answered 503 while the Transfer is in
+// flight. The client asks again with the same lock id and wait_ms 0; the
+// other instance Q answers "not acquired" (the holder's lease is still
+// there: the Transfer has not been applied yet). Since the cause was a 503
+// (not a lost answer), client.go resolve returns ErrLocked without
+// withdrawing the lock id, and Acquire goes on under a NEW lock id, parked
+// on Q. Then P's Transfer is applied: the first lock id holds the key
+// (P keeps the grant, settleLocked's `w.done` case) and nobody will ever
+// release it. The client's Acquire waits behind its own orphan for the whole
+// lease and finally returns ErrTimeout with the orphan still held.
+//
+// How it breaks: Acquire returns ErrTimeout and the key stays locked (by
+// the lock id of its first request) long after the holder released.
+func TestReview9bAcquireStoppedInstanceLeavesOrphan(t *testing.T) {
+	srv := testsrv.NATS(t, "")
+	p := startGated(t, srv, nil, nil)
+	ctx := t.Context()
+	key := "r9b.stop.orphan"
+	holderC, err := client.New(testsrv.Connect(t, srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder, err := holderC.TryAcquire(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(testsrv.Connect(t, srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, cancel := context.WithTimeout(ctx, 12*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		l, err := c.Acquire(actx, key, client.WithTTL(time.Minute))
+		if err == nil {
+			err = l.Release(ctx)
+		}
+		done <- err
+	}()
+	if !eventually(5*time.Second, func() bool { return p.parked() == 1 }) {
+		t.Fatal("Acquire never parked")
+	}
+	// Only P serves so far: the holder's release reaches it and becomes a
+	// hand-off to the parked request, held at P's store gate.
+	h := p.gate.Hold(storegate.Transfer, key)
+	relDone := make(chan error, 1)
+	go func() { relDone <- holder.Release(ctx) }()
+	h.WaitEntered(t, 5*time.Second)
+	q := startGated(t, srv, nil, nil)
+	stopped := make(chan struct{})
+	go func() { p.svc.Stop(); close(stopped) }()
+	// The client hears 503, asks Q with the same id (not acquired: the
+	// holder's lease is still there), and parks on Q under a new id.
+	if !eventually(5*time.Second, func() bool { return q.parked() == 1 }) {
+		t.Fatal("Acquire not parked again on Q")
+	}
+	h.Open()
+	if err := <-relDone; err != nil {
+		t.Fatalf("holder's Release = %v", err)
+	}
+	<-stopped
+	info, locked := stillLockedFor(t, holderC, key, holder.Token(), 3*time.Second)
+	if locked {
+		t.Errorf("guarantee 2: after the holder released, the key stays locked by a grant nobody was told of: %+v", info)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Acquire(%q) = %v (the key was locked by the lock id of its own first request: %+v)", key, err, info)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Acquire did not return")
+	}
+	if info, err := holderC.Get(ctx, key); err == nil && info.Locked && info.Token != holder.Token() {
+		t.Errorf("guarantee 2: Acquire returned and the key is still locked by its orphan: %+v", info)
+	}
+}
