@@ -232,3 +232,76 @@ func TestReview9bAcquireStoppedInstanceLeavesOrphan(t *testing.T) {
 		t.Errorf("guarantee 2: Acquire returned and the key is still locked by its orphan: %+v", info)
 	}
 }
+
+// TestReview9bDeadWaiterGrantedInsideItsWindowBlocksLiveWaiter attacks
+// guarantee 3 (a live waiter behind a dead one is delayed at most about a
+// window; PROTOCOL.md "Liveness window": "A dead waiter therefore delays the
+// live ones behind it by at most alive_ms").
+//
+// The dead client's acquire is at the head of the queue; its connection
+// closes; the holder releases within the dead client's window (0.3s after
+// the close, window 1s). The service hands the lock to the dead client's
+// request (it is still inside its window, nothing tells the service it is
+// gone), the answer goes nowhere, and the lease (10s here; 30s by default,
+// up to 10 minutes) is held by nobody. The live waiter behind it gets the
+// lock only when that lease runs out.
+//
+// How it breaks: the live Acquire is granted about 10s after the holder's
+// release, not within about a window (1s) of it.
+func TestReview9bDeadWaiterGrantedInsideItsWindowBlocksLiveWaiter(t *testing.T) {
+	srv := testsrv.NATS(t, "")
+	in := startGated(t, srv, nil, nil)
+	const window = time.Second
+	live, err := client.New(testsrv.Connect(t, srv), client.WithAliveWindow(window))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadNC := testsrv.Connect(t, srv)
+	dead, err := client.New(deadNC, client.WithAliveWindow(window))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	key := "r9b.dead.granted"
+	holder, err := live.TryAcquire(ctx, key, client.WithTTL(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _, _ = dead.Acquire(ctx, key, client.WithTTL(10*time.Second)) }()
+	if !eventually(5*time.Second, func() bool { return in.parked() == 1 }) {
+		t.Fatal("the dead client's acquire never parked")
+	}
+	liveDone := make(chan error, 1)
+	go func() {
+		l, err := live.Acquire(ctx, key, client.WithTTL(time.Minute))
+		if err == nil {
+			err = l.Release(ctx)
+		}
+		liveDone <- err
+	}()
+	if !eventually(5*time.Second, func() bool { return in.parked() == 2 }) {
+		t.Fatal("the live client's acquire never parked")
+	}
+	deadNC.Close()
+	time.Sleep(300 * time.Millisecond)
+	released := time.Now()
+	if err := holder.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	bound := window + 3*time.Second
+	select {
+	case err := <-liveDone:
+		if err != nil {
+			t.Errorf("live Acquire(%q) = %v", key, err)
+		}
+		t.Logf("live Acquire granted %v after the holder's release", time.Since(released))
+	case <-time.After(bound):
+		info, _ := live.Get(ctx, key)
+		t.Errorf("guarantee 3: the live waiter behind a dead one is still waiting %v after the holder's release (window %v): the lock went to the dead client's request: %+v", bound, window, info)
+		select {
+		case <-liveDone:
+			t.Logf("live Acquire granted %v after the holder's release", time.Since(released))
+		case <-time.After(15 * time.Second):
+		}
+	}
+}
