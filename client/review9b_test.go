@@ -11,13 +11,11 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/lockservice/lockservice/client"
 	"github.com/lockservice/lockservice/internal/storegate"
 	"github.com/lockservice/lockservice/internal/testsrv"
 	"github.com/lockservice/lockservice/service"
-	"github.com/lockservice/lockservice/service/api"
 	jsstore "github.com/lockservice/lockservice/store/jetstream"
 )
 
@@ -52,24 +50,6 @@ func startGated(t testing.TB, srv *server.Server, storeNC, svcNC *nats.Conn) *ga
 }
 
 func (in *gatedInstance) parked() int { return in.svc.Stats().ParkedWaiters }
-
-// rawRelease releases key for lockID with a raw request (msgpack).
-func rawRelease(t testing.TB, nc *nats.Conn, key, lockID string) (bool, error) {
-	t.Helper()
-	data, _ := msgpack.Marshal(api.ReleaseRequest{LockID: lockID})
-	m, err := nc.RequestMsg(&nats.Msg{
-		Subject: api.Subject(api.DefaultPrefix, api.OpRelease, key), Data: data,
-		Header: nats.Header{api.ContentTypeHeader: {api.MsgpackContentType}},
-	}, 5*time.Second)
-	if err != nil {
-		return false, err
-	}
-	var resp api.ReleaseResponse
-	if err := msgpack.Unmarshal(m.Data, &resp); err != nil {
-		return false, err
-	}
-	return resp.Released, nil
-}
 
 // stillLockedFor reports whether Get shows key locked with a token other
 // than notToken during all of d (polling).
@@ -303,5 +283,74 @@ func TestReview9bDeadWaiterGrantedInsideItsWindowBlocksLiveWaiter(t *testing.T) 
 			t.Logf("live Acquire granted %v after the holder's release", time.Since(released))
 		case <-time.After(15 * time.Second):
 		}
+	}
+}
+
+// TestReview9bCutInstanceGrantsWithdrawnID (passes: what held). Guarantees
+// 2, 4 and 5 across instances: instance A is cut off from NATS (its service
+// connection goes through a proxy) but not from its store, while the
+// client's acquire X is parked on it. The client's renewal goes
+// unconfirmed, it withdraws X (the cancel reaches only B) and parks again
+// on B under a new id. The holder's lease then runs out inside A's window,
+// so A may grant X (answer lost). The client's second release, a window
+// after the withdraw, frees X; the client then gets the lock under its new
+// id, holds it by the store's token, and nothing stays held afterwards.
+func TestReview9bCutInstanceGrantsWithdrawnID(t *testing.T) {
+	srv := testsrv.NATS(t, "")
+	proxy := testsrv.NewProxy(t, srv.Addr().String())
+	a := startGated(t, srv, testsrv.Connect(t, srv), testsrv.ConnectURL(t, "nats://"+proxy.Addr(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond)))
+	ctx := t.Context()
+	key := "r9b.cut.grant"
+	holderC, err := client.New(testsrv.Connect(t, srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder, err := holderC.TryAcquire(ctx, key, client.WithTTL(4*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(testsrv.Connect(t, srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type res struct {
+		l   *client.Lock
+		err error
+		at  time.Time
+	}
+	done := make(chan res, 1)
+	go func() {
+		l, err := c.Acquire(ctx, key, client.WithTTL(time.Minute))
+		done <- res{l, err, time.Now()}
+	}()
+	if !eventually(5*time.Second, func() bool { return a.parked() == 1 }) {
+		t.Fatal("Acquire never parked on A")
+	}
+	b := startGated(t, srv, nil, nil)
+	proxy.Cut()
+	var r res
+	select {
+	case r = <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Acquire did not return within 20s")
+	}
+	if r.err != nil {
+		t.Fatalf("Acquire = %v", r.err)
+	}
+	t.Logf("granted %v after the holder's lease end; A stats %+v; B parked %d", r.at.Sub(holder.Deadline()), a.svc.Stats().ParkedWaiters, b.parked())
+	info, err := holderC.Get(ctx, key)
+	if err != nil || !info.Locked || info.Token != r.l.Token() {
+		t.Errorf("guarantee 4/5: Acquire returned token %d but Get = %+v, %v", r.l.Token(), info, err)
+	}
+	if d := r.at.Sub(holder.Deadline()); d > 5*time.Second+3*time.Second {
+		t.Errorf("granted %v after the holder's lease ended", d)
+	}
+	if err := r.l.Release(ctx); err != nil {
+		t.Fatalf("Release = %v", err)
+	}
+	proxy.Heal()
+	time.Sleep(7 * time.Second) // past A's window and the second release
+	if info, err := holderC.Get(ctx, key); err != nil || info.Locked {
+		t.Errorf("guarantee 2: after the release, Get = %+v, %v; want unlocked", info, err)
 	}
 }
