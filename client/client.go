@@ -306,8 +306,14 @@ func (c *Client) TryAcquire(ctx context.Context, key string, opts ...AcquireOpti
 	}
 	if ctx.Err() == nil && (unknownOutcome(err) || isTimeout(err)) {
 		var rerr error
-		if l, rerr = c.acquireOnce(ctx, key, req, firstSent); rerr == nil || errors.Is(rerr, ErrLocked) {
-			return l, rerr
+		if l, rerr = c.acquireOnce(ctx, key, req, firstSent); rerr == nil {
+			return l, nil
+		}
+		if errors.Is(rerr, ErrLocked) {
+			// Not granted yet, but the first request may still be in
+			// flight (a 503 does not end its store attempt): withdraw it.
+			c.withdraw(key, req.LockID)
+			return nil, rerr
 		}
 		err = fmt.Errorf("%w (asked again with the same lock id: %v)", err, rerr)
 	}
@@ -360,9 +366,9 @@ func (c *Client) acquireOnce(ctx context.Context, key string, req api.AcquireReq
 // new lock id, unless the id is the caller's (WithLockID).
 //
 // After an unknown outcome it asks once more with the same lock id and
-// wait_ms 0, which returns the grant if one was made; if that fails too,
-// or a renewal went unconfirmed, it withdraws the lock id and goes on
-// under a new one. With a caller-chosen lock id it returns an error
+// wait_ms 0, which returns the grant if one was made; otherwise, and when
+// a renewal went unconfirmed, it withdraws the lock id and goes on under a
+// new one. With a caller-chosen lock id it returns an error
 // matching ErrUnavailable instead. Other errors (400, no service
 // listening) are returned at once.
 func (c *Client) Acquire(ctx context.Context, key string, opts ...AcquireOption) (*Lock, error) {
@@ -420,10 +426,6 @@ func (c *Client) Acquire(ctx context.Context, key string, opts ...AcquireOption)
 			switch {
 			case err == nil:
 				return l, nil
-			case errors.Is(err, ErrLocked):
-				if !chosen {
-					newID()
-				}
 			case ctx.Err() != nil:
 				return nil, ended(ctx, "acquire", key)
 			case chosen:
@@ -442,22 +444,20 @@ func (c *Client) Acquire(ctx context.Context, key string, opts ...AcquireOption)
 
 // resolve settles an acquire whose outcome is unknown (cause): it asks once
 // more with the same lock id and wait_ms 0, which returns the grant if one
-// was made. An error matching ErrLocked means not granted, and the lock id
-// may be used again. Any other error means the lock id was withdrawn.
-//
-// After a lost answer the request may still be in progress, so a "not
-// acquired" withdraws it as well.
+// was made. Otherwise it withdraws the lock id, whose first request may
+// still be in progress (a lost answer, or a 503 sent while its store
+// attempt was in flight), and returns an error: the lock id is spent.
 func (c *Client) resolve(ctx context.Context, key string, req api.AcquireRequest, firstSent time.Time, cause error) (*Lock, error) {
 	req.WaitMs = 0
 	l, err := c.acquireOnce(ctx, key, req, firstSent)
 	switch {
 	case err == nil:
 		return l, nil
-	case errors.Is(err, ErrLocked) && unknownOutcome(cause):
-		return nil, err
 	case errors.Is(err, ErrLocked):
+		// Not granted yet, but the first request may still be in flight
+		// (a 503 does not end its store attempt): withdraw it.
 		c.withdraw(key, req.LockID)
-		return nil, fmt.Errorf("%w (the lost request was withdrawn)", cause)
+		return nil, fmt.Errorf("%w (the request was withdrawn)", cause)
 	default:
 		c.withdraw(key, req.LockID)
 		return nil, fmt.Errorf("%w (asked again with the same lock id: %v)", cause, err)

@@ -39,6 +39,9 @@ type answer struct {
 	msg  string
 	op   string
 	err  error
+	// undelivered, when set, is given back if the answer reaches nobody
+	// (a grant to a request with a liveness window; delivery.go).
+	undelivered *giveBack
 }
 
 // outcome is what a decision asks to be done outside Service.mu.
@@ -122,6 +125,11 @@ func (s *Service) settleLocked(ks *keyState, w *waiter, a attempt, out *outcome)
 		if w.done {
 			return false
 		}
+		if s.stopping.Load() && w.blocking && !retired {
+			s.finishLocked(w)
+			out.fail(w, api.CodeUnavailable, "acquire %q: lock service instance is shutting down; retry (another instance may serve you)", w.key)
+			return false
+		}
 		if retired || w.overdue || !w.blocking || w.elem == nil {
 			if !w.blocking {
 				s.finishLocked(w)
@@ -175,7 +183,11 @@ func (s *Service) grantLocked(ks *keyState, w *waiter, g store.Grant, out *outco
 	s.finishLocked(w)
 	s.reg.rememberGrant(w, time.Now())
 	s.stats.grants.Add(1)
-	out.answer(w, answer{r: w.r, resp: grantResponse(w, g)})
+	a := answer{r: w.r, resp: grantResponse(w, g)}
+	if w.window > 0 {
+		a.undelivered = &giveBack{key: w.key, id: w.id, lease: g.Lease}
+	}
+	out.answer(w, a)
 	w.r = nil // answered: the registry keeps only the id for a cancel
 	s.watchLeaseLocked(w.key, g.Lease.Token, remaining(g.Lease))
 	if ks != nil {
@@ -393,6 +405,8 @@ func (s *Service) carryOut(out outcome) {
 			s.failStore(a.r, a.op, a.err)
 		case a.code != 0:
 			s.fail(a.r, a.code, "%s", a.msg)
+		case a.undelivered != nil:
+			s.respondVia(a.r, a.resp, s.expectDelivery(*a.undelivered))
 		default:
 			s.respond(a.r, a.resp)
 		}
@@ -444,7 +458,8 @@ func (s *Service) giveBack(gb giveBack) {
 // giveBackOnce tries the release of a give-back once; true when it is
 // settled (released, or the lock id no longer holds the key).
 func (s *Service) giveBackOnce(gb giveBack) bool {
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.StoreTimeout)
+	// Not s.ctx: a give-back started while the instance stops still runs.
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StoreTimeout)
 	defer cancel()
 	err := s.st.Release(ctx, gb.key, gb.id, store.Update{})
 	switch {

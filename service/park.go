@@ -350,12 +350,18 @@ func (s *Service) withdraw(key, lockID string) bool {
 	return had
 }
 
-// failAllWaiters answers every parked request with code (on shutdown).
+// failAllWaiters answers every parked request with code (on shutdown),
+// except those whose store attempt is in flight: settleLocked answers them
+// with the attempt's outcome (Stop waits for it), so a grant the store
+// applies is not left to a caller that was told 503.
 func (s *Service) failAllWaiters(code int, msg string) {
 	var out outcome
 	s.mu.Lock()
 	for key, ks := range s.keys {
 		for _, w := range ks.q.all() {
+			if w.attempting {
+				continue
+			}
 			s.finishLocked(w)
 			out.answers = append(out.answers, answer{r: w.r, code: code, msg: msg})
 		}

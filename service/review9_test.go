@@ -332,9 +332,9 @@ func TestReview9ParkedWaitersCountsEveryParkedRequest(t *testing.T) {
 }
 
 // Held (guarantee 9): Stop while a driver's attempt and a hand-off are in
-// flight answers the parked requests 503 and returns; the attempt's grant
-// is kept for its lock id (not given back), no timer or goroutine is left
-// (synctest fails the bubble otherwise).
+// flight answers the other parked requests 503 at once, and the one whose
+// attempt is in flight with that attempt's outcome before it returns; no
+// timer or goroutine is left (synctest fails the bubble otherwise).
 func TestReview9StopDuringAttempt(t *testing.T) {
 	forShapes(t, func(t *testing.T, redisLike bool) {
 		h := newHarness(t, redisLike, Config{StoreTimeout: 2 * time.Second})
@@ -355,15 +355,18 @@ func TestReview9StopDuringAttempt(t *testing.T) {
 		done := make(chan struct{})
 		go func() { h.s.Stop(); close(done) }()
 		synctest.Wait()
-		for _, r := range []string{ra, rb, w} {
+		for _, r := range []string{rb, w} {
 			if _, e := h.answer(r); !hasPrefix(e, "503 ") {
 				t.Fatalf("%s answered %q, want 503", r, e)
 			}
 		}
+		// The request whose attempt is in flight gets its outcome.
+		h.noAnswer(ra, "the request whose attempt is in flight")
 		g.Open()
 		<-done
-		if info := h.info(key); !info.Locked {
-			t.Fatalf("Get = %+v: the in-flight grant was released by the service", info)
+		token := h.acquired("the request whose attempt was in flight at Stop", ra)
+		if info := h.info(key); !info.Locked || info.Lease.Token != token {
+			t.Fatalf("Get = %+v: want the grant answered during Stop held", info)
 		}
 		time.Sleep(time.Minute) // no timer may fire an answer or an attempt now
 		if n := len(h.answers(ra)); n != 1 {

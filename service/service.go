@@ -143,6 +143,13 @@ type Service struct {
 	fresh   int                    // of them, still to make their first store attempt
 
 	stats stats
+
+	// grants awaiting a possible no-responders status (delivery.go)
+	deliveryInbox string
+	deliverySub   *nats.Subscription
+	deliverySeq   uint64
+	deliveries    map[uint64]pendingDelivery
+	deliveryFIFO  []uint64
 }
 
 // maxRetired bounds the retired lock ids an instance remembers.
@@ -165,6 +172,12 @@ func New(nc *nats.Conn, st store.Store, cfg Config) (*Service, error) {
 	}
 	s := newService(st, cfg, nc.PublishMsg)
 	s.nc = nc
+	s.deliveryInbox = nc.NewInbox()
+	dsub, err := nc.Subscribe(s.deliveryInbox+".*", s.onDeliveryStatus)
+	if err != nil {
+		return nil, fmt.Errorf("service: subscribe %s: %w", s.deliveryInbox, err)
+	}
+	s.deliverySub = dsub
 	md := map[string]string{"prefix": cfg.Prefix}
 	for k, v := range cfg.Metadata {
 		md[k] = v
@@ -179,6 +192,7 @@ func New(nc *nats.Conn, st store.Store, cfg Config) (*Service, error) {
 	})
 	if err != nil {
 		s.abort()
+		_ = dsub.Unsubscribe()
 		return nil, fmt.Errorf("service: %w", err)
 	}
 	s.svc = svc
@@ -232,12 +246,13 @@ func newService(st store.Store, cfg Config, send func(*nats.Msg) error) *Service
 	ctx, abort := context.WithCancel(context.Background())
 	s := &Service{
 		send: send, st: st, cfg: cfg, ctx: ctx, abort: abort,
-		inflight: make(chan struct{}, cfg.MaxInflight),
-		jobs:     make(chan func()),
-		keys:     make(map[string]*keyState),
-		reg:      newRegistry(cfg.MaxWait+cfg.StoreTimeout+recentGrantTTL, maxRetired),
-		watches:  make(map[string]*leaseWatch),
-		stats:    stats{ops: make(map[string]*opStats)},
+		inflight:   make(chan struct{}, cfg.MaxInflight),
+		jobs:       make(chan func()),
+		keys:       make(map[string]*keyState),
+		reg:        newRegistry(cfg.MaxWait+cfg.StoreTimeout+recentGrantTTL, maxRetired),
+		deliveries: make(map[uint64]pendingDelivery),
+		watches:    make(map[string]*leaseWatch),
+		stats:      stats{ops: make(map[string]*opStats)},
 	}
 	for _, op := range []string{api.OpAcquire, api.OpRelease, api.OpRefresh, api.OpWrite, api.OpDelete, api.OpGet, api.OpWait, api.OpCancel, api.OpAlive} {
 		s.stats.ops[op] = newOpStats()
@@ -271,13 +286,17 @@ func (s *Service) Stop() error {
 			s.unwatchLeaseLocked(key)
 		}
 		s.mu.Unlock()
-		done := make(chan struct{})
-		go func() { s.ops.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(s.cfg.StoreTimeout + time.Second):
-			s.abort()
-			<-done
+		s.waitOps(s.cfg.StoreTimeout + time.Second)
+		if s.deliverySub != nil {
+			// Grants just sent may come back undelivered: take their
+			// statuses (sent by the server before its answer to the
+			// flush) and the give-backs they start.
+			_ = s.nc.FlushTimeout(time.Second)
+			_ = s.deliverySub.Drain()
+			for end := time.Now().Add(time.Second); s.deliverySub.IsValid() && time.Now().Before(end); {
+				time.Sleep(5 * time.Millisecond)
+			}
+			s.waitOps(s.cfg.StoreTimeout + time.Second)
 		}
 		s.abort()
 		if s.nc != nil {
@@ -285,4 +304,17 @@ func (s *Service) Stop() error {
 		}
 	})
 	return err
+}
+
+// waitOps waits for the store operations in progress, cancelling them
+// after d.
+func (s *Service) waitOps(d time.Duration) {
+	done := make(chan struct{})
+	go func() { s.ops.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		s.abort()
+		<-done
+	}
 }

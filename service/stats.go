@@ -16,7 +16,7 @@ import (
 // handler never blocks its subscription), so the true figures are in each
 // endpoint's data.
 type stats struct {
-	grants, handoffs, waitTimeouts, lapsed, givenBack,
+	grants, handoffs, waitTimeouts, lapsed, givenBack, undelivered,
 	overloaded, expiredEvents, storeErrors atomic.Int64
 	ops map[string]*opStats
 }
@@ -64,6 +64,7 @@ func (s *Service) statsData(e *micro.Endpoint) any {
 		"wait_timeouts":  s.stats.waitTimeouts.Load(),
 		"lapsed":         s.stats.lapsed.Load(),
 		"given_back":     s.stats.givenBack.Load(),
+		"undelivered":    s.stats.undelivered.Load(),
 		"overloaded":     s.stats.overloaded.Load(),
 		"store_errors":   s.stats.storeErrors.Load(),
 		"expired_events": s.stats.expiredEvents.Load(),
@@ -101,6 +102,7 @@ type Stats struct {
 	Handoffs      int64 // grants made by a release handing the lock over
 	GivenBack     int64 // grants released because their lock id was retired
 	Lapsed        int64 // parked requests dropped when their liveness window ran out
+	Undelivered   int64 // grants whose answer reached nobody (given back)
 	// Errors counts the error answers of all endpoints by code.
 	Errors map[int]int64
 }
@@ -115,6 +117,7 @@ func (s *Service) Stats() Stats {
 	st.Handoffs = s.stats.handoffs.Load()
 	st.GivenBack = s.stats.givenBack.Load()
 	st.Lapsed = s.stats.lapsed.Load()
+	st.Undelivered = s.stats.undelivered.Load()
 	st.Errors = make(map[int]int64)
 	for _, o := range s.stats.ops {
 		for c, n := range o.errors {

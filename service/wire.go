@@ -160,11 +160,16 @@ func (r *request) decode(v any) error {
 }
 
 // respond sends v in the request's encoding.
-func (s *Service) respond(r *request, v any) {
+func (s *Service) respond(r *request, v any) { s.respondVia(r, v, "") }
+
+// respondVia sends v with replyTo as the message's reply subject: the NATS
+// server answers there with a "no responders" status when nobody is
+// subscribed to r's reply subject (see delivery.go).
+func (s *Service) respondVia(r *request, v any, replyTo string) {
 	if r.reply == "" {
 		return
 	}
-	m := &nats.Msg{Subject: r.reply, Header: nats.Header{}}
+	m := &nats.Msg{Subject: r.reply, Reply: replyTo, Header: nats.Header{}}
 	var err error
 	if r.msgpack {
 		m.Data, err = msgpack.Marshal(v)
