@@ -76,6 +76,7 @@ func (s *Service) onDeliveryStatus(m *nats.Msg) {
 		return
 	}
 	s.stats.undelivered.Add(1)
+	s.announceRetired(p.gb.key, p.gb.id)
 	s.ops.Add(1)
 	s.dispatch(func() {
 		defer s.ops.Done()

@@ -2,10 +2,13 @@ package service
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/lockservice/lockservice/service/api"
 	"github.com/lockservice/lockservice/store"
@@ -49,7 +52,8 @@ type outcome struct {
 	answers   []answer
 	giveBacks []giveBack // grants nobody will receive: released by lock id
 	expired   []store.Event
-	wake      bool // the key may be free: attempt again
+	retired   []giveBack // lock ids this instance retired on its own: announced to the others
+	wake      bool       // the key may be free: attempt again
 }
 
 func (o *outcome) answer(w *waiter, a answer) { o.answers = append(o.answers, a) }
@@ -85,6 +89,9 @@ func (o *outcome) giveBack(w *waiter, lease store.Lease) {
 func (s *Service) settleLocked(ks *keyState, w *waiter, a attempt, out *outcome) bool {
 	w.attempting = false
 	s.lookedLocked(w)
+	if w.next != nil {
+		current(w).inherits = false // the inherited attempt returns now
+	}
 	retired := w.lapsed || s.reg.isRetired(w.key, w.id, time.Now())
 	var le *store.LockedError
 	switch {
@@ -107,7 +114,7 @@ func (s *Service) settleLocked(ks *keyState, w *waiter, a attempt, out *outcome)
 			// id. A parked one receives it now; one making its own attempt
 			// gets the same grant from the store; one already answered
 			// leaves the lease to the id (a retry with it gets it back).
-			if cur := current(w); !cur.done && !cur.attempting {
+			if cur := current(w); !cur.done && !cur.attempting && cur.elem != nil {
 				s.grantLocked(ks, cur, a.grant, out)
 			} else {
 				s.watchLeaseLocked(w.key, a.grant.Token, remaining(a.grant.Lease))
@@ -252,6 +259,9 @@ func (s *Service) drive(key string, ks *keyState) {
 			s.mu.Lock()
 			s.settleWatchersLocked(key, ks, info, err, &out)
 		}
+		if s.stopping.Load() {
+			s.failParkedLocked(ks, api.CodeUnavailable, shutdownMsg, &out)
+		}
 		more := (ks.dirty || out.wake) && ks.q.len() > 0 && !s.stopping.Load()
 		if !more {
 			ks.running = false
@@ -329,6 +339,10 @@ func (s *Service) tryAcquire(w *waiter) {
 	s.mu.Lock()
 	ks := s.keys[w.key]
 	s.settleLocked(ks, w, attempt{grant: g, err: err}, &out)
+	if ks != nil && s.stopping.Load() {
+		s.failParkedLocked(ks, api.CodeUnavailable, shutdownMsg, &out)
+		s.dropIfIdle(w.key, ks)
+	}
 	s.mu.Unlock()
 	s.carryOut(out)
 }
@@ -382,7 +396,9 @@ func (s *Service) handOff(ctx context.Context, key, fromID string, u store.Updat
 		s.stats.handoffs.Add(1)
 	}
 	ks.running = false
-	if ks.dirty || out.wake {
+	if s.stopping.Load() {
+		s.failParkedLocked(ks, api.CodeUnavailable, shutdownMsg, &out)
+	} else if ks.dirty || out.wake {
 		ks.dirty = false
 		out.wake = false
 		s.wakeLocked(key, ks)
@@ -414,9 +430,25 @@ func (s *Service) carryOut(out outcome) {
 	for _, gb := range out.giveBacks {
 		s.giveBack(gb)
 	}
+	for _, r := range out.retired {
+		s.announceRetired(r.key, r.id)
+	}
 	for _, e := range out.expired {
 		s.stats.expiredEvents.Add(1)
 		s.publishEvent(api.EventExpired, e.Key, e.Token)
+	}
+}
+
+// announceRetired tells every instance that this one retired lockID for
+// key (its liveness window ran out, or its grant reached nobody), as the
+// caller's own cancel would: a request with it that reaches another
+// instance is then refused rather than told acquired:true for a lease this
+// instance gives back.
+func (s *Service) announceRetired(key, lockID string) {
+	data, _ := json.Marshal(api.CancelRequest{LockID: lockID})
+	if err := s.send(&nats.Msg{Subject: api.Subject(s.cfg.Prefix, api.OpCancel, key), Data: data,
+		Header: nats.Header{api.ContentTypeHeader: {api.JSONContentType}}}); err != nil {
+		s.cfg.Logf("announce retired lock id of %q: %v", key, err)
 	}
 }
 

@@ -52,6 +52,7 @@ type waiter struct {
 	lapsed     bool    // the liveness window ran out
 	next       *waiter // the newer request with the same id that superseded it
 	fresh      bool    // parked, its first look at the store still to come
+	inherits   bool    // an attempt of a request it superseded is in flight
 }
 
 // keyState is the per-key state of this instance: the parked requests and
@@ -99,7 +100,7 @@ func (s *Service) admitAcquire(w *waiter) {
 		return
 	}
 	if old := s.reg.register(w); old != nil {
-		s.supersedeLocked(old, &out)
+		s.supersedeLocked(old, w, &out)
 	}
 	if !w.blocking {
 		w.attempting = true
@@ -132,7 +133,7 @@ func (s *Service) admitWait(w *waiter) {
 	var out outcome
 	s.mu.Lock()
 	if old := s.reg.register(w); old != nil {
-		s.supersedeLocked(old, &out)
+		s.supersedeLocked(old, w, &out)
 	}
 	ks := s.keyFor(w.key)
 	if s.parkLocked(ks, w, now, &out) && ks.q.head() == nil {
@@ -149,10 +150,13 @@ func (s *Service) admitWait(w *waiter) {
 	s.carryOut(out)
 }
 
-// supersedeLocked ends old, which a newer request with the same id
-// replaced: it is answered at once; if its attempt is in flight, the
-// attempt's grant goes to the newer request (settleLocked).
-func (s *Service) supersedeLocked(old *waiter, out *outcome) {
+// supersedeLocked ends old, which w, a newer request with the same id,
+// replaced: it is answered at once; if its attempt is in flight, w
+// inherits it (settleLocked gives w the attempt's grant).
+func (s *Service) supersedeLocked(old, w *waiter, out *outcome) {
+	if old.attempting || old.inherits {
+		w.inherits = true
+	}
 	s.finishLocked(old)
 	out.answer(old, s.notDone(old))
 }
@@ -274,6 +278,7 @@ func (s *Service) dueLocked(w *waiter, now time.Time, out *outcome) bool {
 		w.lapsed = true
 		if w.kind == acquireReq {
 			s.reg.retire(w.key, w.id, now)
+			out.retired = append(out.retired, giveBack{key: w.key, id: w.id})
 		}
 		s.stats.lapsed.Add(1)
 		if !w.attempting {
@@ -358,15 +363,24 @@ func (s *Service) failAllWaiters(code int, msg string) {
 	var out outcome
 	s.mu.Lock()
 	for key, ks := range s.keys {
-		for _, w := range ks.q.all() {
-			if w.attempting {
-				continue
-			}
-			s.finishLocked(w)
-			out.answers = append(out.answers, answer{r: w.r, code: code, msg: msg})
-		}
+		s.failParkedLocked(ks, code, msg, &out)
 		s.dropIfIdle(key, ks)
 	}
 	s.mu.Unlock()
 	s.carryOut(out)
 }
+
+// failParkedLocked answers ks's parked requests with code, except those
+// with a store attempt in flight for their lock id.
+func (s *Service) failParkedLocked(ks *keyState, code int, msg string, out *outcome) {
+	for _, w := range ks.q.all() {
+		if w.attempting || w.inherits {
+			continue
+		}
+		s.finishLocked(w)
+		out.answers = append(out.answers, answer{r: w.r, code: code, msg: msg})
+	}
+}
+
+// shutdownMsg answers the requests parked on a stopping instance.
+const shutdownMsg = "lock service instance is shutting down; retry (another instance may serve you)"

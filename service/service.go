@@ -280,27 +280,31 @@ func (s *Service) Stop() error {
 		for _, sub := range s.subs {
 			_ = sub.Unsubscribe()
 		}
-		s.failAllWaiters(api.CodeUnavailable, "lock service instance is shutting down; retry (another instance may serve you)")
+		s.failAllWaiters(api.CodeUnavailable, shutdownMsg)
 		s.mu.Lock()
 		for key := range s.watches {
 			s.unwatchLeaseLocked(key)
 		}
 		s.mu.Unlock()
 		s.waitOps(s.cfg.StoreTimeout + time.Second)
-		if s.deliverySub != nil {
+		if s.deliverySub != nil && s.nc.IsConnected() {
 			// Grants just sent may come back undelivered: take their
 			// statuses (sent by the server before its answer to the
 			// flush) and the give-backs they start.
-			_ = s.nc.FlushTimeout(time.Second)
-			_ = s.deliverySub.Drain()
-			for end := time.Now().Add(time.Second); s.deliverySub.IsValid() && time.Now().Before(end); {
-				time.Sleep(5 * time.Millisecond)
+			if s.nc.FlushTimeout(time.Second) == nil {
+				_ = s.deliverySub.Drain()
+				for end := time.Now().Add(time.Second); s.deliverySub.IsValid() && time.Now().Before(end); {
+					time.Sleep(5 * time.Millisecond)
+				}
+				s.waitOps(s.cfg.StoreTimeout + time.Second)
 			}
-			s.waitOps(s.cfg.StoreTimeout + time.Second)
 		}
 		s.abort()
-		if s.nc != nil {
-			_ = s.nc.Flush()
+		if s.deliverySub != nil {
+			_ = s.deliverySub.Unsubscribe()
+		}
+		if s.nc != nil && s.nc.IsConnected() {
+			_ = s.nc.FlushTimeout(time.Second)
 		}
 	})
 	return err
