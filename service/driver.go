@@ -31,6 +31,9 @@ type attempt struct {
 	// driver asks the store again (a hand-off whose Transfer failed:
 	// acquire is idempotent per lock id).
 	retry bool
+	// n is the key's attempt number (keyState.attempts when it started),
+	// 0 for a try: a grant answers only the waits parked before it started.
+	n uint64
 }
 
 // answer is a reply to send once Service.mu is released.
@@ -115,7 +118,7 @@ func (s *Service) settleLocked(ks *keyState, w *waiter, a attempt, out *outcome)
 			// gets the same grant from the store; one already answered
 			// leaves the lease to the id (a retry with it gets it back).
 			if cur := current(w); !cur.done && !cur.attempting && cur.elem != nil {
-				s.grantLocked(ks, cur, a.grant, out)
+				s.grantLocked(ks, cur, a.grant, a.n, out)
 			} else {
 				s.watchLeaseLocked(w.key, a.grant.Token, remaining(a.grant.Lease))
 			}
@@ -126,7 +129,7 @@ func (s *Service) settleLocked(ks *keyState, w *waiter, a attempt, out *outcome)
 			s.watchLeaseLocked(w.key, a.grant.Token, remaining(a.grant.Lease))
 			return true
 		}
-		s.grantLocked(ks, w, a.grant, out)
+		s.grantLocked(ks, w, a.grant, a.n, out)
 		return true
 	case errors.As(a.err, &le):
 		if w.done {
@@ -183,9 +186,11 @@ func (s *Service) endLocked(w *waiter, out *outcome) {
 	}
 }
 
-// grantLocked answers w with grant g, and the waits parked on the key (the
-// lock changed hands).
-func (s *Service) grantLocked(ks *keyState, w *waiter, g store.Grant, out *outcome) {
+// grantLocked answers w with grant g, made by the key's attempt n, and the
+// waits parked before that attempt started: the key was free at a moment
+// of their lifetime (the lock changed hands). A wait parked while the
+// attempt was in flight may have arrived after that moment; it waits on.
+func (s *Service) grantLocked(ks *keyState, w *waiter, g store.Grant, n uint64, out *outcome) {
 	w.granted = true // stays registered: cancellable for recentGrantTTL
 	s.finishLocked(w)
 	s.reg.rememberGrant(w, time.Now())
@@ -199,6 +204,9 @@ func (s *Service) grantLocked(ks *keyState, w *waiter, g store.Grant, out *outco
 	s.watchLeaseLocked(w.key, g.Lease.Token, remaining(g.Lease))
 	if ks != nil {
 		for _, ww := range ks.q.waits() {
+			if ww.since >= n {
+				continue
+			}
 			s.finishLocked(ww)
 			out.answer(ww, answer{r: ww.r, resp: api.WaitResponse{Key: ww.key, Value: g.Value}})
 		}
@@ -241,6 +249,8 @@ func (s *Service) drive(key string, ks *keyState) {
 		switch {
 		case head != nil:
 			head.attempting = true
+			ks.attempts++
+			n := ks.attempts
 			s.mu.Unlock()
 			ctx, cancel := s.storeCtx()
 			g, err := s.st.Acquire(ctx, key, head.id, head.opts)
@@ -250,14 +260,16 @@ func (s *Service) drive(key string, ks *keyState) {
 				s.lookedLocked(w) // the attempt looked at the key for them too
 			}
 			s.observeLocked(key, ks, g.Lease, err, &out)
-			s.settleLocked(ks, head, attempt{grant: g, err: err}, &out)
+			s.settleLocked(ks, head, attempt{grant: g, err: err, n: n}, &out)
 		case ks.q.watching():
+			ks.attempts++
+			n := ks.attempts
 			s.mu.Unlock()
 			ctx, cancel := s.storeCtx()
 			info, err := s.st.Get(ctx, key)
 			cancel()
 			s.mu.Lock()
-			s.settleWatchersLocked(key, ks, info, err, &out)
+			s.settleWatchersLocked(key, ks, info, err, n, &out)
 		}
 		if s.stopping.Load() {
 			s.failParkedLocked(ks, api.CodeUnavailable, shutdownMsg, &out)
@@ -302,7 +314,7 @@ func (s *Service) observeLocked(key string, ks *keyState, granted store.Lease, e
 }
 
 // settleWatchersLocked answers the parked waits after a read of the key.
-func (s *Service) settleWatchersLocked(key string, ks *keyState, info store.Info, err error, out *outcome) {
+func (s *Service) settleWatchersLocked(key string, ks *keyState, info store.Info, err error, n uint64, out *outcome) {
 	switch {
 	case err == nil && !info.Locked:
 		if ks.expiring != 0 {
@@ -310,6 +322,10 @@ func (s *Service) settleWatchersLocked(key string, ks *keyState, info store.Info
 			ks.expiring = 0
 		}
 		for _, w := range ks.q.waits() {
+			if w.since >= n {
+				out.wake = true // parked during the read: it needs a read of its own
+				continue
+			}
 			s.finishLocked(w)
 			out.answer(w, answer{r: w.r, resp: api.WaitResponse{Key: key, Value: info.Value}})
 		}
@@ -363,6 +379,7 @@ func (s *Service) handOff(ctx context.Context, key, fromID string, u store.Updat
 	ks := s.keys[key]
 	var head *waiter
 	var early outcome
+	var n uint64
 	if ks != nil && !ks.running {
 		w := ks.q.head()
 		for w != nil && s.dueLocked(w, now, &early) {
@@ -372,6 +389,8 @@ func (s *Service) handOff(ctx context.Context, key, fromID string, u store.Updat
 			head = w
 			head.attempting = true
 			ks.running = true // this release acts as the key's driver
+			ks.attempts++
+			n = ks.attempts
 		}
 	}
 	s.mu.Unlock()
@@ -382,7 +401,7 @@ func (s *Service) handOff(ctx context.Context, key, fromID string, u store.Updat
 	g, err := tr.Transfer(ctx, key, fromID, u, head.id, head.opts)
 	var out outcome
 	s.mu.Lock()
-	a := attempt{grant: g, err: err}
+	a := attempt{grant: g, err: err, n: n}
 	switch {
 	case errors.Is(err, store.ErrNotHeld):
 		a.err = &store.LockedError{Key: key} // nothing changed: the head stays parked

@@ -53,6 +53,7 @@ type waiter struct {
 	next       *waiter // the newer request with the same id that superseded it
 	fresh      bool    // parked, its first look at the store still to come
 	inherits   bool    // an attempt of a request it superseded is in flight
+	since      uint64  // a wait: its key's attempts started before it was parked
 }
 
 // keyState is the per-key state of this instance: the parked requests and
@@ -62,6 +63,9 @@ type keyState struct {
 	q       keyQueue
 	running bool // the driver (or a hand-off) is making a store attempt
 	dirty   bool // woken while running: attempt again
+	// attempts counts the store attempts started for the key (driver and
+	// hand-offs): a wait is answered only by one that started after it.
+	attempts uint64
 	// expiring is the token of a lease whose end this instance's timer saw
 	// (stores without Notifier): an attempt that finds it gone publishes
 	// its expired event. A release clears it.
@@ -136,9 +140,11 @@ func (s *Service) admitWait(w *waiter) {
 		s.supersedeLocked(old, w, &out)
 	}
 	ks := s.keyFor(w.key)
-	if s.parkLocked(ks, w, now, &out) && ks.q.head() == nil {
+	if s.parkLocked(ks, w, now, &out) && (ks.q.head() == nil || ks.running) {
 		// Only waits here: the driver reads the key. Behind a parked
-		// acquire, the wait is answered when the lock changes hands.
+		// acquire, the wait is answered when the lock changes hands by an
+		// attempt that starts after it: one in flight now cannot answer
+		// it, so the driver makes one more round.
 		if !ks.running {
 			s.markFreshLocked(w)
 		}
@@ -177,6 +183,7 @@ func (s *Service) parkLocked(ks *keyState, w *waiter, now time.Time, out *outcom
 		out.fail(w, api.CodeUnavailable, "%s %q: too many requests parked on this key (%d); retry later", op, w.key, s.cfg.MaxWaitersPerKey)
 	default:
 		s.waiters++
+		w.since = ks.attempts
 		ks.q.push(w)
 		if w.window > 0 {
 			w.aliveUntil = now.Add(w.window)

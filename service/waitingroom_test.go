@@ -375,3 +375,40 @@ func indexOf(s, sub string) int {
 	}
 	return -1
 }
+
+// A wait that parks while a grant attempt is in flight is not answered by
+// that grant: the key was free only before the wait arrived (the history
+// checker found such a stale "unlocked" under load). It is answered at the
+// next release.
+func TestWaitNotAnsweredByAnAttemptThatStartedBeforeIt(t *testing.T) {
+	forShapes(t, func(t *testing.T, redisLike bool) {
+		h := newHarness(t, redisLike, Config{})
+		key := "wait.stale"
+		holder := h.holder(key, time.Minute)
+		a := newLockID()
+		ra := h.send("acquire", key, acquireBody(a, 20000, 60000, ""))
+		if h.parked() != 1 {
+			t.Fatal("not parked")
+		}
+		gate := h.gate.Hold(storegate.Acquire, a)
+		h.other.Release(t.Context(), key, holder, store.Update{})
+		if redisLike {
+			h.s.onRelease(key)
+		}
+		<-gate.Entered()
+		w := h.send("wait", key, `{"wait_ms":20000}`)
+		gate.Open()
+		h.acquired("the parked acquire", ra)
+		h.noAnswer(w, "a wait parked after the granting attempt started")
+		rel := h.send("release", key, fmt.Sprintf(`{"lock_id":%q}`, a))
+		if v, e := h.answer(rel); e != "" || v["released"] != true {
+			t.Fatalf("release answered %v %s", v, e)
+		}
+		if redisLike {
+			synctest.Wait()
+		}
+		if v, e := h.answer(w); e != "" || v["key"] != key {
+			t.Fatalf("wait answered %v %s after the release", v, e)
+		}
+	})
+}

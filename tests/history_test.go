@@ -374,7 +374,10 @@ func (h *history) verify(t *testing.T, name string) (summary, violation string) 
 	res, info := porcupine.CheckOperationsVerbose(model, ops, 2*time.Minute)
 	switch res {
 	case porcupine.Illegal:
-		dir := t.TempDir()
+		dir := *faultKeep
+		if dir == "" {
+			dir = t.TempDir()
+		}
 		path := filepath.Join(dir, name+".html")
 		if err := porcupine.VisualizePath(model, info, path); err == nil {
 			t.Logf("visualization of the violation: %s", path)

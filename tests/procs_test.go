@@ -21,6 +21,7 @@ import (
 var (
 	faultDuration = flag.Duration("fault.duration", 6*time.Second, "how long each fault scenario runs its workload (long mode: e.g. -fault.duration 2m)")
 	faultReport   = flag.String("fault.report", "", "append per-scenario figures (markdown rows) to this file")
+	faultKeep     = flag.String("fault.keep", "", "write the visualization of a non-linearizable history to this directory (kept after the test) instead of a temporary one")
 )
 
 // bins are the binaries the fault tests run as real processes.
