@@ -12,6 +12,21 @@
 // token of every earlier grant of the same key: pass it to the resources
 // you write, and have them reject tokens lower than the highest they saw.
 //
+// # Keeping a lock alive
+//
+// A lease ends at its TTL unless refreshed. With WithKeepAlive the client
+// refreshes it every TTL/3 until the lock is released or the lease is lost;
+// WithLock does so by default. Lock.Done is closed when the lock ends
+// (released, lost, or the cap of WithMaxHold reached), Lock.Err says why,
+// and Lock.Context gives a context cancelled then, with Err as its cause:
+//
+//	l, err := c.Acquire(ctx, "orders.42", client.WithKeepAlive())
+//	if err != nil { ... }
+//	defer l.Release(context.Background())
+//	ctx, cancel := l.Context(ctx)
+//	defer cancel()
+//	work(ctx, l.Token()) // ctx ends when the lease is lost
+//
 // # Blocking requests and their liveness window
 //
 // Acquire and Wait block in requests of at most a minute each. By default
@@ -78,6 +93,18 @@ var (
 	ErrUnavailable = errors.New("client: service unavailable")
 	// ErrInternal: the service failed (500).
 	ErrInternal = errors.New("client: internal service error")
+
+	// ErrReleased: the lock ended because the caller released it
+	// (Lock.Err after Release, ReleaseWith or Delete).
+	ErrReleased = errors.New("client: lock released")
+	// ErrLeaseExpired: the lease's deadline passed, by this client's
+	// count, without a renewal (Lock.Err, WithLock); nothing was written.
+	// It matches ErrNotHeld too.
+	ErrLeaseExpired = fmt.Errorf("%w: the lease ran out", ErrNotHeld)
+	// ErrMaxHold: the cap of WithMaxHold was reached and the client gave
+	// the lock up (Lock.Err, WithLock); nothing was written. It matches
+	// ErrNotHeld too.
+	ErrMaxHold = fmt.Errorf("%w: the maximum hold time was reached", ErrNotHeld)
 )
 
 // Error is an error answer from the service. It unwraps to the sentinel of
@@ -255,17 +282,25 @@ func ended(ctx context.Context, op, key string) error {
 	return fmt.Errorf("client: %s %q: %w", op, key, ErrTimeout)
 }
 
-// AcquireOption configures one acquire.
-type AcquireOption func(*api.AcquireRequest)
+// AcquireOption configures one acquire (TryAcquire, Acquire, WithLock).
+type AcquireOption func(*acquireConfig)
+
+// acquireConfig is what the options of one acquire set: the request, and
+// what the client does with the lock once it holds it.
+type acquireConfig struct {
+	req       api.AcquireRequest
+	keepAlive bool
+	maxHold   time.Duration // 0: no cap
+}
 
 // WithTTL sets the lease length (bounded by the service's maximum).
 func WithTTL(d time.Duration) AcquireOption {
-	return func(r *api.AcquireRequest) { r.TTLms = max(d.Milliseconds(), 1) }
+	return func(o *acquireConfig) { o.req.TTLms = max(d.Milliseconds(), 1) }
 }
 
 // WithOwnerLabel labels this lock for anyone who inspects it.
 func WithOwnerLabel(label string) AcquireOption {
-	return func(r *api.AcquireRequest) { r.Owner = label }
+	return func(o *acquireConfig) { o.req.Owner = label }
 }
 
 // WithLockID uses id (16-128 chars of [-_a-zA-Z0-9], unguessable) instead
@@ -274,31 +309,40 @@ func WithOwnerLabel(label string) AcquireOption {
 // (see the package comment), the service refuses the id from then on, and
 // Acquire returns an error matching ErrUnavailable: acquire again with a
 // new id.
-func WithLockID(id string) AcquireOption { return func(r *api.AcquireRequest) { r.LockID = id } }
+func WithLockID(id string) AcquireOption { return func(o *acquireConfig) { o.req.LockID = id } }
 
-// acquireRequest builds the request; chosen reports a caller-chosen lock id.
-func (c *Client) acquireRequest(opts []AcquireOption) (req api.AcquireRequest, chosen bool) {
-	req = api.AcquireRequest{Owner: c.owner}
+// newAcquireConfig applies opts; chosen reports a caller-chosen lock id.
+func (c *Client) newAcquireConfig(opts []AcquireOption) (o acquireConfig, chosen bool) {
+	o.req = api.AcquireRequest{Owner: c.owner}
 	if c.ttl > 0 {
-		req.TTLms = c.ttl.Milliseconds()
+		o.req.TTLms = c.ttl.Milliseconds()
 	}
-	for _, o := range opts {
-		o(&req)
+	for _, opt := range opts {
+		opt(&o)
 	}
-	if req.LockID != "" {
-		return req, true
+	if o.req.LockID != "" {
+		return o, true
 	}
-	req.LockID = NewLockID()
-	return req, false
+	o.req.LockID = NewLockID()
+	return o, false
 }
 
 // TryAcquire takes the lock if it is free, once. It returns an error
 // matching ErrLocked when another holder has it. After an unknown outcome
 // (503, 500, a lost answer) it asks once more with the same lock id; if
 // that fails too it withdraws the lock id and returns the error (matching
-// ErrUnavailable or ErrInternal, or ErrTimeout).
+// ErrUnavailable or ErrInternal, or ErrTimeout). With WithKeepAlive, see
+// there for the renewal that may precede the return.
 func (c *Client) TryAcquire(ctx context.Context, key string, opts ...AcquireOption) (*Lock, error) {
-	req, _ := c.acquireRequest(opts)
+	o, _ := c.newAcquireConfig(opts)
+	l, err := c.tryAcquire(ctx, key, o.req)
+	if err != nil {
+		return nil, err
+	}
+	return c.hold(ctx, l, o)
+}
+
+func (c *Client) tryAcquire(ctx context.Context, key string, req api.AcquireRequest) (*Lock, error) {
 	firstSent := time.Now()
 	l, err := c.acquireOnce(ctx, key, req, firstSent)
 	if err == nil || errors.Is(err, ErrLocked) {
@@ -370,9 +414,18 @@ func (c *Client) acquireOnce(ctx context.Context, key string, req api.AcquireReq
 // a renewal went unconfirmed, it withdraws the lock id and goes on under a
 // new one. With a caller-chosen lock id it returns an error
 // matching ErrUnavailable instead. Other errors (400, no service
-// listening) are returned at once.
+// listening) are returned at once. With WithKeepAlive, see there for the
+// renewal that may precede the return.
 func (c *Client) Acquire(ctx context.Context, key string, opts ...AcquireOption) (*Lock, error) {
-	req, chosen := c.acquireRequest(opts)
+	o, chosen := c.newAcquireConfig(opts)
+	l, err := c.acquire(ctx, key, o.req, chosen)
+	if err != nil {
+		return nil, err
+	}
+	return c.hold(ctx, l, o)
+}
+
+func (c *Client) acquire(ctx context.Context, key string, req api.AcquireRequest, chosen bool) (*Lock, error) {
 	firstSent := time.Now()
 	newID := func() {
 		req.LockID = NewLockID()
@@ -502,10 +555,15 @@ type backoff struct{ d time.Duration }
 
 func (b *backoff) reset() { b.d = 0 }
 
+// next returns the next pause.
+func (b *backoff) next() time.Duration {
+	b.d = min(max(2*b.d, 50*time.Millisecond), time.Second)
+	return b.d/2 + mrand.N(b.d/2)
+}
+
 // wait sleeps for the next pause, or returns ctx's error when ctx ends first.
 func (b *backoff) wait(ctx context.Context) error {
-	b.d = min(max(2*b.d, 50*time.Millisecond), time.Second)
-	t := time.NewTimer(b.d/2 + mrand.N(b.d/2))
+	t := time.NewTimer(b.next())
 	defer t.Stop()
 	select {
 	case <-ctx.Done():

@@ -117,7 +117,7 @@ func TestWithLockLeaseExpired(t *testing.T) {
 	_, err := c.WithLock(ctx, "exp.k", func(ctx context.Context, _ []byte) ([]byte, error) {
 		<-ctx.Done() // the callback's context ends with the lease
 		return []byte(`"late"`), nil
-	}, client.WithTTL(time.Second))
+	}, client.WithTTL(time.Second), client.WithoutKeepAlive())
 	if !errors.Is(err, client.ErrLeaseExpired) || !errors.Is(err, client.ErrNotHeld) {
 		t.Errorf("WithLock past the lease = %v, want ErrLeaseExpired (and ErrNotHeld)", err)
 	}

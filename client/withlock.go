@@ -3,26 +3,30 @@ package client
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 )
-
-// ErrLeaseExpired is returned by WithLock when the lease ran out while the
-// callback ran; nothing was written. It matches ErrNotHeld too.
-var ErrLeaseExpired = fmt.Errorf("%w: lease expired during the callback", ErrNotHeld)
 
 // WithLock acquires key (waiting as Acquire does), calls fn with the current
 // state (nil when there is none) and writes fn's result as the new state
 // while releasing, atomically. The result is the state written.
 //
-// If fn returns an error or panics, the lock is released without writing
-// and the error is returned (the panic continues). If the lease ran out
-// before fn returned, nothing is written and the error matches
-// ErrLeaseExpired (and ErrNotHeld). ctx passed to fn ends at the lease's
-// deadline.
+// The lock is kept alive while fn runs (WithKeepAlive; WithoutKeepAlive
+// turns that off), and the ctx passed to fn is cancelled as soon as the
+// lock ends (see Lock): its lease lost, or the cap of WithMaxHold reached.
+// context.Cause of fn's ctx then says why. Without keep-alive, fn's ctx
+// ends at the lease's deadline at the latest.
+//
+// If the lock ended before fn returned, nothing is written, the lock is
+// released and the error matches ErrNotHeld: also ErrLeaseExpired when
+// the deadline passed without a renewal, ErrMaxHold at the cap, or the
+// service's 409 answer when it said the lease was lost; it wraps fn's
+// error too when fn failed. Otherwise, if fn returns an error or panics,
+// the lock is released without writing and the error is returned (the
+// panic continues). A release answered "not held" returns an error
+// matching ErrNotHeld (nothing was written).
 func (c *Client) WithLock(ctx context.Context, key string, fn func(ctx context.Context, state []byte) ([]byte, error), opts ...AcquireOption) ([]byte, error) {
-	l, err := c.Acquire(ctx, key, opts...)
+	l, err := c.Acquire(ctx, key, append([]AcquireOption{WithKeepAlive()}, opts...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -35,31 +39,39 @@ func (c *Client) WithLock(ctx context.Context, key string, fn func(ctx context.C
 			cancel()
 		}
 	}()
-	fctx, cancel := context.WithDeadline(ctx, l.Deadline())
+	fctx, cancel := l.Context(ctx)
+	if l.renewing == nil {
+		var cancelDeadline context.CancelFunc
+		fctx, cancelDeadline = context.WithDeadline(fctx, l.Deadline())
+		defer cancelDeadline()
+	}
 	out, ferr := fn(fctx, l.Value())
 	cancel()
+	ended := l.Err()
+	if ended == nil && !time.Now().Before(l.Deadline()) {
+		ended = fmt.Errorf("client: lease of %q: %w", key, ErrLeaseExpired) // the expiry timer is due
+	}
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
 	defer rcancel()
-	if ferr != nil {
+	if ended != nil || ferr != nil {
 		released = true
 		_ = l.Release(rctx)
-		return nil, ferr
-	}
-	if time.Now().After(l.Deadline()) {
-		released = true
-		_ = l.Release(rctx)
-		return nil, fmt.Errorf("client: with lock %q: %w", key, ErrLeaseExpired)
+		switch {
+		case ended == nil:
+			return nil, ferr
+		case ferr != nil:
+			return nil, fmt.Errorf("client: with lock %q: %w (the callback returned: %w)", key, ended, ferr)
+		default:
+			return nil, fmt.Errorf("client: with lock %q: %w", key, ended)
+		}
 	}
 	if out == nil {
 		out = []byte{}
 	}
 	err = l.ReleaseWith(rctx, out)
 	released = true
-	if errors.Is(err, ErrNotHeld) {
-		return nil, fmt.Errorf("client: with lock %q: %w", key, ErrLeaseExpired)
-	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("client: with lock %q: %w", key, err)
 	}
 	return out, nil
 }
