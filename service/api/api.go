@@ -39,7 +39,71 @@ const (
 const (
 	EventReleased = "released"
 	EventExpired  = "expired"
+	EventForced   = "forced"
 )
+
+// The admin plane lives under <prefix>.admin, so that NATS permissions can
+// give it to operators only: <prefix>.admin.list and
+// <prefix>.admin.force.<key>.
+const (
+	AdminToken   = "admin"
+	OpList       = "list"
+	OpForce      = "force"
+	OpAdminList  = AdminToken + "." + OpList
+	OpAdminForce = AdminToken + "." + OpForce
+)
+
+// ListRequest is the payload of <prefix>.admin.list.
+type ListRequest struct {
+	// Prefix keeps the keys that start with it ("" for all).
+	Prefix string `json:"prefix,omitempty" msgpack:"prefix,omitempty"`
+	// Cursor is the previous answer's cursor ("" for the first page).
+	Cursor string `json:"cursor,omitempty" msgpack:"cursor,omitempty"`
+	// Limit is the page size: 0 for the default (100), at most 1000.
+	Limit int `json:"limit,omitempty" msgpack:"limit,omitempty"`
+}
+
+// HeldLock is one held lock in a ListResponse.
+type HeldLock struct {
+	Key       string `json:"key" msgpack:"key"`
+	Owner     string `json:"owner,omitempty" msgpack:"owner,omitempty"`
+	Token     uint64 `json:"token" msgpack:"token"`
+	TTLms     int64  `json:"ttl_ms" msgpack:"ttl_ms"`
+	ExpiresAt string `json:"expires_at,omitempty" msgpack:"expires_at,omitempty"`
+	// Parked counts the requests parked for the key on the answering
+	// instance.
+	Parked int `json:"parked" msgpack:"parked"`
+}
+
+// ListResponse answers <prefix>.admin.list. Cursor is "" on the last page.
+type ListResponse struct {
+	Locks  []HeldLock `json:"locks" msgpack:"locks"`
+	Cursor string     `json:"cursor" msgpack:"cursor"`
+}
+
+// ForceRequest is the payload of <prefix>.admin.force.<key>.
+type ForceRequest struct {
+	// Reason is recorded in the forced event (at most 256 bytes).
+	Reason string `json:"reason,omitempty" msgpack:"reason,omitempty"`
+}
+
+// ForceResponse answers a force. Forced is false when no lease was live.
+type ForceResponse struct {
+	Key    string `json:"key" msgpack:"key"`
+	Forced bool   `json:"forced" msgpack:"forced"`
+	Token  uint64 `json:"token,omitempty" msgpack:"token,omitempty"`
+	Owner  string `json:"owner,omitempty" msgpack:"owner,omitempty"`
+}
+
+// ForcedEvent is the payload of <prefix>.forced.<key> (JSON): the audit
+// record of a lease ended by an operator.
+type ForcedEvent struct {
+	Key      string `json:"key"`
+	Token    uint64 `json:"token"`
+	Owner    string `json:"owner,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+	Instance string `json:"instance"`
+}
 
 // Subject returns the subject of op (or event) for key under prefix.
 func Subject(prefix, op, key string) string { return prefix + "." + op + "." + key }
@@ -103,6 +167,18 @@ func ValidateKey(key string) error {
 		return fmt.Errorf("%w: %q ends with '.'", ErrInvalidKey, key)
 	}
 	return nil
+}
+
+// ValidateKeyPrefix reports whether p can start a valid key: the key rules,
+// except that it may end with '.'.
+func ValidateKeyPrefix(p string) error {
+	if strings.HasSuffix(p, ".") {
+		p = strings.TrimSuffix(p, ".")
+		if p == "" {
+			return fmt.Errorf("%w: prefix %q is only a '.'", ErrInvalidKey, ".")
+		}
+	}
+	return ValidateKey(p)
 }
 
 // ValidateLockID reports whether id is acceptable as a caller-chosen lock id:

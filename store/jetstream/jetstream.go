@@ -213,14 +213,14 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	// The bucket may keep markers longer than asked: adopt it.
 	s.markerTTL.Store(int64(max(cfg.MarkerTTL, st.CachedInfo().Config.SubjectDeleteMarkerTTL)))
 	s.bg, s.stop = context.WithCancel(context.Background())
-	if _, err := s.serverNow(ctx); err != nil {
+	if err := untilVisible(ctx, func() error { _, err := s.serverNow(ctx); return err }); err != nil {
 		s.stop()
 		return nil, err
 	}
 	// Connection drops are watched before the watcher starts, so that no
 	// break can fall between the two.
 	s.status = nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CONNECTED)
-	if err := s.startWatch(ctx); err != nil {
+	if err := untilVisible(ctx, func() error { return s.startWatch(ctx) }); err != nil {
 		nc.RemoveStatusListener(s.status)
 		s.stop()
 		return nil, fmt.Errorf("jetstream: watch %s: %w", s.stream, err)

@@ -137,6 +137,37 @@ func ensureStreamOnce(ctx context.Context, js natsjs.JetStream, want natsjs.Stre
 	return st, nil
 }
 
+// untilVisible runs fn until it succeeds or fails with an error that does
+// not go away by itself. Right after a stream is created on a cluster, a
+// request answered by another server can still find no stream (10059)
+// until the assignment reaches it: that is retried too, for a few seconds.
+func untilVisible(ctx context.Context, fn func() error) error {
+	pause := streamBackoff
+	deadline := time.Now().Add(streamVisible)
+	for {
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		var apiErr *natsjs.APIError
+		missing := errors.Is(err, natsjs.ErrStreamNotFound) || errors.As(err, &apiErr) && apiErr.ErrorCode == natsjs.JSErrCodeStreamNotFound
+		notYet := missing && time.Now().Before(deadline)
+		if !notYet && !retryable(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(pause/2 + rand.N(pause/2+1)):
+		}
+		pause = min(2*pause, streamBackoffMax)
+	}
+}
+
+// streamVisible bounds how long a stream just read or created may be
+// missing on another server of the cluster.
+const streamVisible = 5 * time.Second
+
 // retryable reports whether err may go away by itself: a request that got
 // no answer in time, or a cluster without a leader or peers yet.
 func retryable(err error) bool {
