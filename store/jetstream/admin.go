@@ -2,6 +2,7 @@ package jetstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -21,6 +22,9 @@ const (
 	// listIdle is the inactivity threshold of List's consumer: the server
 	// removes it after that if List could not delete it.
 	listIdle = 30 * time.Second
+	// listCatchUp bounds the wait for List's consumer to deliver what the
+	// stream leader has.
+	listCatchUp = 5 * time.Second
 )
 
 // List returns the live leases of the keys that start with prefix, sorted
@@ -31,12 +35,15 @@ const (
 // It reads lease subjects only, never state objects: one consumer that
 // lives for the call delivers the headers (where lease records are) of the
 // last message of every lease subject under the whole '.'-separated tokens
-// of prefix. So each page costs O(lease subjects under them): every key
-// with a lease or with a release or expiry marker (kept for the bucket's
-// marker TTL), whatever the page's size; sorting by key is what lets a
-// page start after the previous one. A lease counts as live by the rule of
-// every other operation: it has not ended by the server's clock, which
-// List samples once per page after reading the leases.
+// of prefix, and is read at least as far as the stream leader's last such
+// message (it may run on a follower; see lastLeases). So each page costs
+// O(lease subjects under them): every key with a lease or with a release
+// or expiry marker (kept for the bucket's marker TTL), whatever the page's
+// size, plus a consumer create and delete, a MSG.GET and a STREAM.INFO;
+// sorting by key is what lets a page start after the previous one. A
+// lease counts as live by the rule of every other operation: it has not
+// ended by the server's clock, which List samples once per page after
+// reading the leases.
 //
 // It returns store.ErrInvalid for a limit below 1 and errors wrapping
 // store.ErrUnavailable when the server cannot serve.
@@ -102,7 +109,32 @@ func (s *Store) listFilter(prefix string) string {
 // lastLeases reads the last message of every subject matching filter,
 // headers only, with a consumer made for the call and deleted after it.
 // Messages written while it reads may come too.
+//
+// The server may place the consumer on any member of the stream's group,
+// and a follower may not have applied the last writes yet. So the stream
+// leader (which has applied every write it acknowledged) names its last
+// message under filter first, and the consumer is read until it has
+// delivered that far.
 func (s *Store) lastLeases(ctx context.Context, filter string) ([]*natsjs.RawStreamMsg, error) {
+	return s.readLast(ctx, filter, func(ctx context.Context) (uint64, error) {
+		m, err := s.getLast(ctx, filter)
+		if m == nil || err != nil {
+			return 0, err
+		}
+		return m.Sequence, nil
+	})
+}
+
+// readLast reads the last message of every subject matching filter with a
+// consumer, and goes on until it has delivered the sequence that
+// leaderLast, asked before the consumer starts, names (or a later one), or
+// until leaderLast names an earlier one: the message was removed without
+// a successor (a marker that expired).
+func (s *Store) readLast(ctx context.Context, filter string, leaderLast func(context.Context) (uint64, error)) ([]*natsjs.RawStreamMsg, error) {
+	upTo, err := leaderLast(ctx)
+	if err != nil {
+		return nil, err
+	}
 	cons, err := s.js.CreateConsumer(ctx, s.stream, natsjs.ConsumerConfig{
 		DeliverPolicy:     natsjs.DeliverLastPerSubjectPolicy,
 		AckPolicy:         natsjs.AckNonePolicy,
@@ -121,13 +153,18 @@ func (s *Store) lastLeases(ctx context.Context, filter string) ([]*natsjs.RawStr
 		defer cancel()
 		_ = s.js.DeleteConsumer(ctx, s.stream, name)
 	}()
-	pending := cons.CachedInfo().NumPending // the last messages as the consumer started
-	var out []*natsjs.RawStreamMsg
-	for read, empty := uint64(0), 0; read < pending; {
+	var (
+		out     []*natsjs.RawStreamMsg
+		initial = cons.CachedInfo().NumPending // the last message of each subject as the consumer started
+		read    uint64                         // of those (or later ones)
+		last    uint64                         // the highest stream sequence delivered
+		idle    time.Time                      // since when nothing came
+	)
+	for read < initial || last < upTo {
 		if err := ctx.Err(); err != nil {
 			return nil, unavailable(err)
 		}
-		batch, err := cons.FetchNoWait(int(min(pending-read, listFetch)))
+		batch, err := cons.FetchNoWait(listFetch)
 		if err != nil {
 			return nil, unavailable(fmt.Errorf("fetch: %w", err))
 		}
@@ -144,29 +181,55 @@ func (s *Store) lastLeases(ctx context.Context, filter string) ([]*natsjs.RawStr
 				hdr = nats.Header{}
 			}
 			out = append(out, &natsjs.RawStreamMsg{Subject: m.Subject(), Sequence: md.Sequence.Stream, Header: hdr, Time: md.Timestamp})
+			last = max(last, md.Sequence.Stream)
 			if md.NumPending == 0 {
-				read = pending
+				read = max(read, initial) // all the consumer has, for now
 			}
 		}
-		if err := batch.Error(); err != nil {
+		if err := batch.Error(); errors.Is(err, nats.ErrNoResponders) {
+			// On a cluster the consumer may not run yet on the
+			// server it was placed on: wait below.
+		} else if err != nil {
 			return nil, unavailable(fmt.Errorf("fetch: %w", err))
 		}
-		if n > 0 || read >= pending {
-			empty = 0
+		if n > 0 {
+			idle = time.Time{}
 			continue
 		}
-		// Nothing came: either the rest was removed since the consumer
-		// started (expired leases), or the answer was lost. The
-		// consumer's own count tells.
-		info, err := cons.Info(ctx)
-		if err != nil {
-			return nil, unavailable(fmt.Errorf("consumer info: %w", err))
+		if read < initial {
+			// The rest was removed since the consumer started (leases
+			// that expired), or the answer was lost: the consumer's
+			// own count tells.
+			info, err := cons.Info(ctx)
+			if err != nil {
+				return nil, unavailable(fmt.Errorf("consumer info: %w", err))
+			}
+			if info.NumPending == 0 {
+				read = initial
+				continue
+			}
 		}
-		if info.NumPending == 0 {
-			break
+		if last < upTo {
+			// The consumer's server is behind the leader, or the
+			// message at upTo was removed with no successor.
+			now, err := leaderLast(ctx)
+			if err != nil {
+				return nil, err
+			}
+			if upTo = min(upTo, now); read >= initial && last >= upTo {
+				break
+			}
 		}
-		if empty++; empty == 3 {
-			return nil, fmt.Errorf("%w: consumer %s has %d messages pending but delivers none", store.ErrUnavailable, name, info.NumPending)
+		if idle.IsZero() {
+			idle = time.Now()
+		} else if time.Since(idle) > listCatchUp {
+			return nil, fmt.Errorf("%w: jetstream: list: consumer %s delivered up to sequence %d, the stream leader has %d; its server did not catch up in %v",
+				store.ErrUnavailable, name, last, upTo, listCatchUp)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, unavailable(ctx.Err())
+		case <-time.After(10 * time.Millisecond):
 		}
 	}
 	return out, nil

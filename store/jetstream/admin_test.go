@@ -2,12 +2,17 @@ package jetstream
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/lockservice/lockservice/internal/testsrv"
 	"github.com/lockservice/lockservice/store"
@@ -198,5 +203,163 @@ func TestForceWritesAReleaseMarker(t *testing.T) {
 	info, err := s.Get(ctx, "forced")
 	if err != nil || info.Locked || info.Lease.Token != g.Token {
 		t.Errorf("Get after Force = %+v, %v; want unlocked with the last token %d", info, err, g.Token)
+	}
+}
+
+// TestListReadsAsFarAsTheLeader: List's consumer may run on a follower that
+// has not applied the last writes the leader acknowledged; it is read until
+// it delivered the leader's last message. Here the leader's answer names a
+// sequence the (single) server has not stored yet, as a follower would see
+// it, and the write comes later.
+func TestListReadsAsFarAsTheLeader(t *testing.T) {
+	srv := testsrv.NATS(t, "")
+	s := newStore(t, srv.ClientURL())
+	ctx := t.Context()
+	acquire(t, s, "lag.a")
+	next := lastSeq(t, s) + 1
+	type result struct {
+		msgs []*natsjs.RawStreamMsg
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		msgs, err := s.readLast(ctx, s.listFilter("lag."), func(context.Context) (uint64, error) { return next, nil })
+		done <- result{msgs, err}
+	}()
+	select {
+	case r := <-done:
+		t.Fatalf("readLast = %d messages, %v before the leader's last message came", len(r.msgs), r.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if _, g := acquire(t, s, "lag.b"); g.Token != next {
+		t.Fatalf("lag.b's lease at sequence %d, want %d", g.Token, next)
+	}
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("readLast did not return after the leader's last message was written")
+	}
+	var subjects []string
+	for _, m := range r.msgs {
+		subjects = append(subjects, m.Subject)
+	}
+	if r.err != nil || !slices.Contains(subjects, s.lockPfx+"lag.a") || !slices.Contains(subjects, s.lockPfx+"lag.b") {
+		t.Errorf("readLast = %v, %v; want lag.a and lag.b", subjects, r.err)
+	}
+
+	// The leader's last message removed with no successor (an expired
+	// marker): the leader then names an older one, and that is enough.
+	var asked atomic.Int32
+	msgs, err := s.readLast(ctx, s.listFilter("lag."), func(context.Context) (uint64, error) {
+		if asked.Add(1) == 1 {
+			return next + 100, nil
+		}
+		return next, nil
+	})
+	if err != nil || len(msgs) != 2 {
+		t.Errorf("readLast after the leader's last went away = %d messages, %v; want 2", len(msgs), err)
+	}
+}
+
+// startCluster starts n in-process nats-servers with JetStream, clustered,
+// and returns their client URLs once JetStream answers.
+func startCluster(t *testing.T, n int) []string {
+	t.Helper()
+	var cports []int
+	for i := 0; i < n; i++ {
+		cports = append(cports, testsrv.FreePort(t))
+	}
+	var routes []string
+	for _, p := range cports {
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", p))
+	}
+	var urls []string
+	for i := 0; i < n; i++ {
+		srv, err := server.NewServer(&server.Options{
+			ServerName: fmt.Sprintf("n%d", i), Host: "127.0.0.1", Port: -1,
+			JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+			Cluster: server.ClusterOpts{Name: "admin", Host: "127.0.0.1", Port: cports[i]},
+			Routes:  server.RoutesFromStr(strings.Join(routes, ",")),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.Start()
+		t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+		if !srv.ReadyForConnections(10 * time.Second) {
+			t.Fatal("nats-server not ready")
+		}
+		urls = append(urls, srv.ClientURL())
+	}
+	js, err := natsjs.New(testsrv.ConnectURL(t, urls[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		_, err := js.AccountInfo(ctx)
+		cancel()
+		if err == nil {
+			return urls
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("JetStream cluster not ready: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestListOnAReplicatedBucket: on an R3 bucket List's consumer lands on any
+// of the three servers; a lease acknowledged before List is listed
+// whichever it is, seen from a connection to each server.
+func TestListOnAReplicatedBucket(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 3-node nats-server cluster")
+	}
+	urls := startCluster(t, 3)
+	var stores []*Store
+	for i, url := range urls {
+		var (
+			s   *Store
+			err error
+		)
+		for try := 0; try < 20; try++ { // the first creates the stream; the others may find it still forming
+			if s, err = New(t.Context(), testsrv.ConnectURL(t, url), Config{Bucket: "admin", Replicas: 3}); err == nil {
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		if err != nil {
+			t.Fatalf("New on n%d = %v", i, err)
+		}
+		t.Cleanup(func() { s.Close() })
+		stores = append(stores, s)
+	}
+	ctx := t.Context()
+	for i := 0; i < 30; i++ {
+		key := fmt.Sprintf("r3.k%02d", i)
+		w := stores[i%3]
+		if _, err := w.Acquire(ctx, key, storetest.NewLockID(), store.AcquireOptions{TTL: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+		r := stores[(i+1)%3]
+		held, _, err := r.List(ctx, key, "", 1)
+		if err != nil {
+			t.Fatalf("List after acquiring %s = %v", key, err)
+		}
+		if len(held) != 1 || held[0].Key != key {
+			t.Errorf("List(%q) right after acquiring it (acknowledged) = %v, want it", key, held)
+		}
+	}
+	got, err := func() (int, error) {
+		held, next, err := stores[0].List(ctx, "r3.", "", 100)
+		if next != "" {
+			return 0, fmt.Errorf("cursor %q after all 30", next)
+		}
+		return len(held), err
+	}()
+	if err != nil || got != 30 {
+		t.Errorf("List = %d leases, %v; want 30", got, err)
 	}
 }
