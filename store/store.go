@@ -154,3 +154,37 @@ type Transferrer interface {
 	// ErrNotHeld, changing nothing, when fromID does not hold key.
 	Transfer(ctx context.Context, key, fromID string, u Update, toID string, opts AcquireOptions) (Grant, error)
 }
+
+// Admin is an optional interface of stores that can list the held locks and
+// end a lease whoever holds it, for operators. Neither call reads state
+// objects.
+type Admin interface {
+	// List returns live leases whose keys start with prefix ("" for all),
+	// at most limit of them, from the page named by cursor ("" for the
+	// first page), and the cursor of the next page. The cursor is "" when
+	// the listing is complete; a non-empty one may lead to an empty last
+	// page. A cursor is only good for the same prefix.
+	//
+	// The order is unspecified. A lock held throughout the listing is
+	// returned, never twice on one page; a backend whose pages cannot
+	// rule it out (Redis SCAN) may return it again on a later page and
+	// says so. A lock taken or ended during the listing may or may not be
+	// returned. It returns ErrInvalid for a limit below 1 or a cursor it
+	// cannot read.
+	List(ctx context.Context, prefix, cursor string, limit int) ([]Held, string, error)
+
+	// Force ends the live lease of key, whoever holds it, as a release
+	// that leaves the state object as it is: the lock id that held it can
+	// no longer refresh, write or release (ErrNotHeld), and the next
+	// grant's token is higher than the forced lease's. Notifier stores
+	// report it as a Released event with the lease's token. It returns the
+	// lease it ended, or ErrNotHeld, changing nothing, when no lease is
+	// live.
+	Force(ctx context.Context, key string) (Lease, error)
+}
+
+// Held is a live lease found by Admin.List.
+type Held struct {
+	Key   string
+	Lease Lease
+}

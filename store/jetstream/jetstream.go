@@ -30,6 +30,10 @@
 // stream is not enough, because a file store recovering from an unclean
 // shutdown can bring back messages it had removed (docs/STORES.md). Lease
 // records (record.go) that this store could not have written are never live.
+//
+// For operators (admin.go), List reads the lease subjects alone with a
+// consumer made for the call, and Force ends a lease with the marker a
+// release writes.
 package jetstream
 
 import (

@@ -217,11 +217,12 @@ func (s *Store) releaseAfterFailure(key string, st lockState) error {
 	return err
 }
 
-// held returns the live lease lockID holds on key, trying the hint first
-// when trustHint is set, or ErrNotHeld.
+// held returns the live lease on key that me holds (me nil: whoever holds
+// it), trying the hint first when trustHint is set, or ErrNotHeld.
 func (s *Store) held(ctx context.Context, key string, me []byte, trustHint bool) (lockState, error) {
+	holds := func(st lockState) bool { return st.held && (me == nil || sameHolder(st.rec.Holder, me)) }
 	if trustHint {
-		if h, ok := s.getHint(key); ok && h.held && sameHolder(h.rec.Holder, me) && s.surelyLive(h) {
+		if h, ok := s.getHint(key); ok && holds(h) && s.surelyLive(h) {
 			return h, nil
 		}
 	}
@@ -229,7 +230,7 @@ func (s *Store) held(ctx context.Context, key string, me []byte, trustHint bool)
 	if err != nil {
 		return lockState{}, err
 	}
-	if !st.held || !sameHolder(st.rec.Holder, me) {
+	if !holds(st) {
 		return lockState{}, store.ErrNotHeld
 	}
 	alive, err := s.live(ctx, key, st)
@@ -248,7 +249,12 @@ func (s *Store) held(ctx context.Context, key string, me []byte, trustHint bool)
 // refreshing, or writes in flight on a replicated stream) while lockID
 // still holds it makes the outcome unknown.
 func (s *Store) casHeld(ctx context.Context, key, lockID string, op func(lockState) error) error {
-	me := holderHash(lockID)
+	return s.casLease(ctx, key, holderHash(lockID), op)
+}
+
+// casLease is casHeld for the holder hash me, or for whoever holds key
+// when me is nil (Force).
+func (s *Store) casLease(ctx context.Context, key string, me []byte, op func(lockState) error) error {
 	for attempt := 0; attempt < 8; attempt++ {
 		st, err := s.held(ctx, key, me, attempt == 0)
 		if err != nil {

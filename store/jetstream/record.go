@@ -19,11 +19,14 @@ import (
 // record travels only in this header, so the headers-only watcher sees it.
 const leaseHeader = "Lockservice-Lease"
 
-// reasonHeader marks a release message written by a store because the lease
-// had ended by the server's clock but was still in the stream (see reap).
+// reasonHeader says why a store wrote a release message other than for its
+// holder: "expired" when the lease had ended by the server's clock but was
+// still in the stream (see reap), which watchers report as an expiry;
+// "forced" when an operator ended it (Force), reported as a release.
 const (
 	reasonHeader  = "Lockservice-Reason"
 	reasonExpired = "expired"
+	reasonForced  = "forced"
 )
 
 // record is the lease record of a lease message (and of a release marker).

@@ -22,7 +22,8 @@
 // # Events
 //
 // Every lease ends with exactly one event: Released when its holder
-// releases it, Expired when it runs out, each with the lease's token. A
+// releases it or Force ends it, Expired when it runs out, each with the
+// lease's token. A
 // Transfer reports nothing: the key never becomes free, as with the
 // JetStream store, whose watcher sees one lease replaced by the next.
 package memstore

@@ -18,10 +18,12 @@
 //     expiry otherwise.
 //
 // Each operation is one Lua script (acquire.lua, refresh.lua, update.lua
-// for Release and Write, get.lua, transfer.lua, embedded in the binary;
-// steps.lua holds the steps several of them share) run with EVALSHA, which
-// falls back to EVAL when the server does not have it cached: one round
-// trip per call, atomic on the server, with every key passed in KEYS.
+// for Release and Write, get.lua, transfer.lua, force.lua, embedded in the
+// binary; steps.lua holds the steps several of them share) run with
+// EVALSHA, which falls back to EVAL when the server does not have it
+// cached: one round trip per call, atomic on the server, with every key
+// passed in KEYS. List (admin.go) scans for lease keys and reads each with
+// lease.lua.
 //
 // # Tokens
 //
@@ -127,12 +129,18 @@ var (
 	getSrc string
 	//go:embed transfer.lua
 	transferSrc string
+	//go:embed force.lua
+	forceSrc string
+	//go:embed lease.lua
+	leaseSrc string
 
 	acquireScript  = goredis.NewScript(withSteps(acquireSrc))
 	refreshScript  = goredis.NewScript(refreshSrc)
 	updateScript   = goredis.NewScript(withSteps(updateSrc))
 	getScript      = goredis.NewScript(getSrc)
 	transferScript = goredis.NewScript(withSteps(transferSrc))
+	forceScript    = goredis.NewScript(forceSrc)
+	leaseScript    = goredis.NewScript(leaseSrc)
 )
 
 // withSteps inserts steps.lua after the first line of src, its #!lua
@@ -218,7 +226,7 @@ func New(ctx context.Context, rdb goredis.UniversalClient, cfg Config) (*Store, 
 		return nil, err
 	}
 	s.warnings = warnings
-	for _, sc := range []*goredis.Script{acquireScript, refreshScript, updateScript, getScript, transferScript} {
+	for _, sc := range []*goredis.Script{acquireScript, refreshScript, updateScript, getScript, transferScript, forceScript, leaseScript} {
 		if err := sc.Load(ctx, rdb).Err(); err != nil {
 			if errors.Is(err, context.Canceled) {
 				return nil, err

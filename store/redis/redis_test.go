@@ -204,6 +204,20 @@ func TestScriptCacheFlushed(t *testing.T) {
 	if err := s.Release(t.Context(), key, id, store.Update{}); err != nil {
 		t.Fatalf("Release after SCRIPT FLUSH = %v", err)
 	}
+	// List's pipelined reads and Force.
+	mustAcquire(t, s, key, id)
+	if err := rdb.ScriptFlush(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if held, _, err := s.List(t.Context(), key, "", 10); err != nil || len(held) != 1 {
+		t.Errorf("List after SCRIPT FLUSH = %+v, %v, want the held key", held, err)
+	}
+	if err := rdb.ScriptFlush(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Force(t.Context(), key); err != nil {
+		t.Errorf("Force after SCRIPT FLUSH = %v", err)
+	}
 }
 
 func TestInvalid(t *testing.T) {
@@ -245,6 +259,22 @@ func TestInvalid(t *testing.T) {
 			return s.Release(ctx, "k", id, store.Update{Op: store.Set, Value: make([]byte, 11)})
 		}},
 		{"Release unknown op", func() error { return s.Release(ctx, "k", id, store.Update{Op: 7}) }},
+		{"List limit 0", func() error {
+			_, _, err := s.List(ctx, "", "", 0)
+			return err
+		}},
+		{"List prefix with brace", func() error {
+			_, _, err := s.List(ctx, "a{", "", 10)
+			return err
+		}},
+		{"List foreign cursor", func() error {
+			_, _, err := s.List(ctx, "", "k7", 10)
+			return err
+		}},
+		{"Force key with brace", func() error {
+			_, err := s.Force(ctx, "}k")
+			return err
+		}},
 	}
 	for _, tt := range tests {
 		if err := tt.call(); !errors.Is(err, store.ErrInvalid) {

@@ -68,6 +68,11 @@ func Run(t *testing.T, newStore Factory) {
 	t.Run("Notifications", func(t *testing.T) { testNotify(t, newStore) })
 	t.Run("ConcurrentCounter", func(t *testing.T) { testConcurrentCounter(t, newStore) })
 	t.Run("Transfer", func(t *testing.T) { testTransfer(t, newStore) })
+	t.Run("ListHeld", func(t *testing.T) { testListHeld(t, newStore) })
+	t.Run("ListPrefix", func(t *testing.T) { testListPrefix(t, newStore) })
+	t.Run("ListPages", func(t *testing.T) { testListPages(t, newStore) })
+	t.Run("Force", func(t *testing.T) { testForce(t, newStore) })
+	t.Run("ForceNotifies", func(t *testing.T) { testForceNotifies(t, newStore) })
 }
 
 const ttl = 10 * time.Second
@@ -469,27 +474,29 @@ func testNotify(t *testing.T, newStore Factory) {
 	if err := s.Release(t.Context(), key, id, store.Update{}); err != nil {
 		t.Fatal(err)
 	}
-	want := func(kind store.EventKind, token uint64) {
-		t.Helper()
-		timeout := time.After(10 * time.Second)
-		for {
-			select {
-			case e := <-events:
-				if e.Key != key {
-					continue
-				}
-				if e.Kind != kind || e.Token != token {
-					t.Errorf("event = %+v, want kind %d token %d", e, kind, token)
-				}
-				return
-			case <-timeout:
-				t.Fatalf("no event of kind %d for %q", kind, key)
+	waitEvent(t, events, key, store.Released, g.Token)
+	g2 := mustAcquire(t, s, key, NewLockID(), store.AcquireOptions{TTL: time.Second})
+	waitEvent(t, events, key, store.Expired, g2.Token)
+}
+
+// waitEvent waits for the next event on key and checks its kind and token.
+func waitEvent(t testing.TB, events <-chan store.Event, key string, kind store.EventKind, token uint64) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case e := <-events:
+			if e.Key != key {
+				continue
 			}
+			if e.Kind != kind || e.Token != token {
+				t.Errorf("event = %+v, want kind %d token %d", e, kind, token)
+			}
+			return
+		case <-timeout:
+			t.Fatalf("no event of kind %d for %q", kind, key)
 		}
 	}
-	want(store.Released, g.Token)
-	g2 := mustAcquire(t, s, key, NewLockID(), store.AcquireOptions{TTL: time.Second})
-	want(store.Expired, g2.Token)
 }
 
 // testConcurrentCounter runs many holders on one key, each incrementing the
