@@ -225,6 +225,10 @@ func New(nc *nats.Conn, st store.Store, cfg Config) (*Service, error) {
 			return nil, fmt.Errorf("service: endpoint %s: %w", e.op, err)
 		}
 	}
+	if err := s.addAdmin(svc); err != nil {
+		s.Stop()
+		return nil, fmt.Errorf("service: admin endpoints: %w", err)
+	}
 	for _, ev := range []string{api.EventReleased, api.EventExpired} {
 		sub, err := nc.Subscribe(cfg.Prefix+"."+ev+".>", s.onEvent)
 		if err != nil {
@@ -254,7 +258,7 @@ func newService(st store.Store, cfg Config, send func(*nats.Msg) error) *Service
 		watches:    make(map[string]*leaseWatch),
 		stats:      stats{ops: make(map[string]*opStats)},
 	}
-	for _, op := range []string{api.OpAcquire, api.OpRelease, api.OpRefresh, api.OpWrite, api.OpDelete, api.OpGet, api.OpWait, api.OpCancel, api.OpAlive} {
+	for _, op := range []string{api.OpAcquire, api.OpRelease, api.OpRefresh, api.OpWrite, api.OpDelete, api.OpGet, api.OpWait, api.OpCancel, api.OpAlive, api.OpAdminList, api.OpAdminForce} {
 		s.stats.ops[op] = newOpStats()
 	}
 	if n, ok := st.(store.Notifier); ok {

@@ -2,6 +2,7 @@ package service
 
 import (
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -69,7 +70,7 @@ func (s *Service) statsData(e *micro.Endpoint) any {
 		"store_errors":   s.stats.storeErrors.Load(),
 		"expired_events": s.stats.expiredEvents.Load(),
 	}
-	if o := s.stats.ops[e.Name]; o != nil {
+	if o := s.stats.ops[strings.ReplaceAll(e.Name, "-", ".")]; o != nil {
 		errs := make(map[string]int64, len(o.errors))
 		var total int64
 		for c, n := range o.errors {
