@@ -37,7 +37,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("lockservice", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: lockservice [flags]\n\nWith no flags: an embedded nats-server with JetStream on 127.0.0.1:4222,\ndata in ./lockservice-data, locks on subjects lock.<op>.<key>.\n\nFlags:\n")
+		fmt.Fprintf(stderr, "%s\nserve with no flags: an embedded nats-server with JetStream on 127.0.0.1:4222,\ndata in ./lockservice-data, locks on subjects lock.<op>.<key>.\n\nFlags of serve:\n", usageText)
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&c.host, "host", "127.0.0.1", "embedded nats-server: listen address")
@@ -66,7 +66,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q (flags start with -)", fs.Arg(0))
+		return nil, fmt.Errorf("unexpected argument %q (flags start with -; the commands are serve, lock, get and ls)", fs.Arg(0))
 	}
 	if c.storeKind != "jetstream" && c.storeKind != "redis" {
 		return nil, fmt.Errorf("--store must be jetstream or redis, got %q", c.storeKind)
