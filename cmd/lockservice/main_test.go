@@ -108,7 +108,7 @@ func TestRunBadFlags(t *testing.T) {
 		"--store must be":       {"--store", "mysql"},
 		"must not be negative":  {"--object-ttl", "-1s"},
 		"--marker-ttl must be":  {"--marker-ttl", "500ms"},
-		"unexpected argument":   {"serve"},
+		"unexpected argument":   {"bogus"},
 		"longer than the max":   {"--default-ttl", "1h", "--max-ttl", "1m"},
 		"--redis-mode must be":  {"--store", "redis", "--redis-mode", "ring"},
 		"connect to NATS":       {"--nats-url", "nats://127.0.0.1:1"},

@@ -1,0 +1,261 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/lockservice/lockservice/embedded"
+	"github.com/lockservice/lockservice/service"
+	"github.com/lockservice/lockservice/store"
+	jsstore "github.com/lockservice/lockservice/store/jetstream"
+	redisstore "github.com/lockservice/lockservice/store/redis"
+)
+
+type config struct {
+	host, dataDir, natsURL, natsCreds, confFile string
+	port                                        int
+	storeKind, bucket                           string
+	replicas                                    int
+	redisURL, redisMode                         string
+	redisReplicas                               int
+	redisAllowEviction                          bool
+	objectTTL, markerTTL                        time.Duration
+	svc                                         service.Config
+}
+
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("lockservice", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "%s\nserve with no flags: an embedded nats-server with JetStream on 127.0.0.1:4222,\ndata in ./lockservice-data, locks on subjects lock.<op>.<key>.\n\nFlags of serve:\n", usageText)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&c.host, "host", "127.0.0.1", "embedded nats-server: listen address")
+	fs.IntVar(&c.port, "port", 4222, "embedded nats-server: client port")
+	fs.StringVar(&c.dataDir, "data-dir", "lockservice-data", "embedded nats-server: JetStream data directory")
+	fs.StringVar(&c.confFile, "c", "", "embedded nats-server: nats.conf file (--host/--port/--data-dir given explicitly override it)")
+	fs.StringVar(&c.natsURL, "nats-url", "", "use this NATS (e.g. nats://user:pass@host:4222) instead of the embedded server")
+	fs.StringVar(&c.natsCreds, "nats-creds", "", "credentials file for --nats-url")
+	fs.StringVar(&c.svc.Prefix, "prefix", "lock", "first subject token of every endpoint and event")
+	fs.DurationVar(&c.svc.DefaultTTL, "default-ttl", 30*time.Second, "lease length when a request gives no ttl_ms")
+	fs.DurationVar(&c.svc.MaxTTL, "max-ttl", 10*time.Minute, "longest lease a request may ask for")
+	fs.DurationVar(&c.svc.MaxWait, "max-wait", 10*time.Minute, "longest wait_ms a request may ask for")
+	fs.IntVar(&c.svc.MaxWaiters, "max-waiters", 100_000, "parked acquire/wait requests per instance before 503")
+	fs.IntVar(&c.svc.MaxWaitersPerKey, "max-waiters-per-key", 10_000, "parked acquire/wait requests per key on an instance before 503")
+	fs.IntVar(&c.svc.MaxValueBytes, "max-value-bytes", 512<<10, "largest state object accepted")
+	fs.DurationVar(&c.objectTTL, "object-ttl", 0, "state objects expire this long after their last write (0 = never)")
+	fs.DurationVar(&c.markerTTL, "marker-ttl", 0, "jetstream: how long release and expiry markers stay (get reports the last token while they do); at least --max-ttl, which it defaults to (a marker must outlive the leases it ends: see docs/STORES.md)")
+	fs.StringVar(&c.storeKind, "store", "jetstream", "where lock state lives: jetstream or redis")
+	fs.StringVar(&c.bucket, "bucket", "lockservice", "jetstream: KV bucket name (never delete it: tokens restart)")
+	fs.IntVar(&c.replicas, "replicas", 1, "jetstream: bucket replicas (3 or 5 on a cluster for fault tolerance)")
+	fs.StringVar(&c.redisURL, "redis-url", "redis://127.0.0.1:6379/0", "redis: URL, redis:// or rediss:// (TLS), with user:password@ if needed")
+	fs.StringVar(&c.redisMode, "redis-mode", "single", "redis: single, cluster (more nodes as &addr=host:port) or sentinel (?master_name=...&addr=...)")
+	fs.IntVar(&c.redisReplicas, "redis-replicas", 0, "redis: replicas each write must reach (WAIT) before it is acknowledged")
+	fs.BoolVar(&c.redisAllowEviction, "redis-allow-eviction", false, "redis: start even if maxmemory-policy is not noeviction or cannot be read (evicted leases mean two holders, evicted fence counters repeated tokens)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (flags start with -; the commands are serve, lock, get and ls)", fs.Arg(0))
+	}
+	if c.storeKind != "jetstream" && c.storeKind != "redis" {
+		return nil, fmt.Errorf("--store must be jetstream or redis, got %q", c.storeKind)
+	}
+	if c.objectTTL < 0 {
+		return nil, fmt.Errorf("--object-ttl must not be negative")
+	}
+	c.svc.Metadata = map[string]string{"store": c.storeKind}
+	c.svc.SetDefaults()
+	if err := c.svc.Validate(); err != nil {
+		return nil, err
+	}
+	if c.markerTTL == 0 {
+		c.markerTTL = max(c.svc.MaxTTL, time.Second)
+	}
+	if c.markerTTL < c.svc.MaxTTL || c.markerTTL < time.Second {
+		return nil, fmt.Errorf("--marker-ttl must be at least --max-ttl (%v) and 1s, got %v: a release or expiry marker must outlive the longest lease, or a file store that loses removals in a crash can bring a lease back (docs/STORES.md)", c.svc.MaxTTL, c.markerTTL)
+	}
+	return c, nil
+}
+
+// serve runs the service until ctx ends.
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+
+	var st store.Store
+	var closeStore func()
+	if c.storeKind == "redis" {
+		rdb, err := redisClient(c.redisURL, c.redisMode)
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		rs, err := redisstore.New(setupCtx, rdb, redisstore.Config{ObjectTTL: c.objectTTL, Replicas: c.redisReplicas, AllowEviction: c.redisAllowEviction})
+		if errors.Is(err, redisstore.ErrEvictionPolicy) {
+			return fmt.Errorf("redis at %s: %w (Config.AllowEviction is the flag --redis-allow-eviction)", redactURL(c.redisURL), err)
+		}
+		if err != nil {
+			return fmt.Errorf("redis at %s: %w", redactURL(c.redisURL), err)
+		}
+		for _, w := range rs.Warnings() {
+			fmt.Fprintln(stderr, "lockservice: warning:", w)
+		}
+		st, closeStore = rs, func() { rs.Close() }
+		defer closeStore()
+	}
+	jsCfg := jsstore.Config{Bucket: c.bucket, Replicas: c.replicas, ObjectTTL: c.objectTTL, MarkerTTL: c.markerTTL,
+		// Records lockservice did not write, leases the server failed to
+		// expire, watcher rebuilds.
+		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+
+	if c.natsURL == "" {
+		opts := []embedded.Option{embedded.WithServiceConfig(c.svc), embedded.WithStoreConfig(jsCfg)}
+		if c.confFile != "" {
+			opts = append(opts, embedded.WithConfigFile(c.confFile))
+		}
+		explicit := map[string]bool{}
+		fsVisit(args, func(name string) { explicit[name] = true })
+		if c.confFile == "" || explicit["host"] || explicit["port"] {
+			opts = append(opts, embedded.WithListen(c.host, c.port))
+		}
+		if c.confFile == "" || explicit["data-dir"] {
+			opts = append(opts, embedded.WithDataDir(c.dataDir))
+		}
+		if st != nil {
+			opts = append(opts, embedded.WithStore(st))
+		}
+		srv, err := embedded.Start(opts...)
+		if errors.Is(err, embedded.ErrPortInUse) {
+			return fmt.Errorf("port %d on %s is in use (another nats-server or lockservice?): pick another with --port, or use that server with --nats-url nats://%s:%d", c.port, c.host, c.host, c.port)
+		}
+		var inUse *embedded.DataDirInUseError
+		if errors.As(err, &inUse) {
+			return dataDirInUse(inUse, c, explicit["data-dir"])
+		}
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		fmt.Fprintf(stdout, "lockservice %s: embedded nats-server on %s (%s)\n", service.Version, srv.URL, storeLine(c))
+		fmt.Fprintf(stdout, "try:  nats -s %s req %s.acquire.demo '{\"ttl_ms\":5000}'\n", srv.URL, c.svc.Prefix)
+		fmt.Fprintf(stdout, "      nats -s %s micro info lockservice\n", srv.URL)
+		<-ctx.Done()
+		fmt.Fprintln(stdout, "lockservice: shutting down")
+		return nil
+	}
+
+	// NoEcho: the instance's own events are not delivered back to it. The
+	// connection is the instance's alone, so nothing else is hidden.
+	nc, err := connectNATS(c.natsURL, c.natsCreds, "lockservice", nats.NoEcho())
+	if err != nil {
+		return fmt.Errorf("%w (is nats-server running? start one, or drop --nats-url to use the embedded server)", err)
+	}
+	defer nc.Close()
+	if st == nil {
+		js, err := jsstore.New(setupCtx, nc, jsCfg)
+		if err != nil {
+			return err
+		}
+		defer js.Close()
+		st = js
+	}
+	svc, err := service.New(nc, st, c.svc)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "lockservice %s: serving %s.<op>.<key> on %s (%s), instance %s\n", service.Version, c.svc.Prefix, nc.ConnectedUrlRedacted(), storeLine(c), svc.ID())
+	<-ctx.Done()
+	fmt.Fprintln(stdout, "lockservice: shutting down")
+	return svc.Stop()
+}
+
+// dataDirInUse tells the operator which process has the data directory and
+// what to do instead.
+func dataDirInUse(e *embedded.DataDirInUseError, c *config, dataDirFlag bool) error {
+	var who []string
+	if e.PID > 0 {
+		who = append(who, fmt.Sprintf("pid %d", e.PID))
+	}
+	if e.URL != "" {
+		who = append(who, e.URL)
+	}
+	holder := "another lockservice"
+	if len(who) > 0 {
+		holder += " (" + strings.Join(who, ", ") + ")"
+	}
+	choose := "choose another --data-dir"
+	if c.confFile != "" && !dataDirFlag {
+		choose = "choose another jetstream store_dir in " + c.confFile + " (or --data-dir)"
+	}
+	msg := fmt.Sprintf("data directory %s is in use by %s; stop it or %s", e.Dir, holder, choose)
+	if e.URL != "" {
+		msg += fmt.Sprintf(", or run this instance against it with --nats-url %s", e.URL)
+	}
+	return errors.New(msg + " (two servers on one directory would both grant the same locks)")
+}
+
+// fsVisit calls fn with the name of each flag given in args.
+func fsVisit(args []string, fn func(string)) {
+	for _, a := range args {
+		if !strings.HasPrefix(a, "-") {
+			continue
+		}
+		name := strings.TrimLeft(a, "-")
+		if i := strings.IndexByte(name, '='); i >= 0 {
+			name = name[:i]
+		}
+		fn(name)
+	}
+}
+
+func storeLine(c *config) string {
+	if c.storeKind == "redis" {
+		return fmt.Sprintf("store redis at %s", redactURL(c.redisURL))
+	}
+	if c.natsURL == "" {
+		return fmt.Sprintf("store jetstream bucket %s, data in %s", c.bucket, c.dataDir)
+	}
+	return fmt.Sprintf("store jetstream bucket %s, replicas %d", c.bucket, c.replicas)
+}
+
+func redisClient(rawURL, mode string) (goredis.UniversalClient, error) {
+	switch mode {
+	case "single":
+		o, err := goredis.ParseURL(rawURL)
+		if err != nil {
+			return nil, fmt.Errorf("--redis-url %q: %w (want redis://[user:password@]host:port/db or rediss:// for TLS)", redactURL(rawURL), err)
+		}
+		o.MaxRetries = -1 // a retried script could report an applied release as not held
+		return goredis.NewClient(o), nil
+	case "cluster":
+		o, err := goredis.ParseClusterURL(rawURL)
+		if err != nil {
+			return nil, fmt.Errorf("--redis-url %q: %w (want redis://host:port?addr=host2:port2&addr=...)", redactURL(rawURL), err)
+		}
+		o.MaxRetries = -1
+		return goredis.NewClusterClient(o), nil
+	case "sentinel":
+		o, err := goredis.ParseFailoverURL(rawURL)
+		if err != nil {
+			return nil, fmt.Errorf("--redis-url %q: %w (want redis://sentinel:26379?master_name=mymaster&addr=sentinel2:26379)", redactURL(rawURL), err)
+		}
+		o.MaxRetries = -1
+		return goredis.NewFailoverClient(o), nil
+	}
+	return nil, fmt.Errorf("--redis-mode must be single, cluster or sentinel, got %q", mode)
+}
