@@ -97,18 +97,15 @@ Flags:
 `
 
 // listSubject is the service's endpoint that lists held locks, page by page.
-func listSubject(prefix string) string { return prefix + ".admin.list" }
+func listSubject(prefix string) string { return prefix + "." + api.OpAdminList }
 
 // listPage is how many locks ls asks for per request.
 const listPage = 1000
 
-// listRequest and listAnswer are the payloads of <prefix>.admin.list. The
+// listRequest and listAnswer are the payloads of <prefix>.admin.list
+// (api.ListRequest; the answer keeps each entry raw for --json). The
 // answer's cursor is empty on the last page.
-type listRequest struct {
-	Prefix string `json:"prefix"`
-	Cursor string `json:"cursor"`
-	Limit  int    `json:"limit"`
-}
+type listRequest = api.ListRequest
 
 type listAnswer struct {
 	Locks  []json.RawMessage `json:"locks"`
