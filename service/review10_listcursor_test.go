@@ -13,7 +13,7 @@ import (
 // Guarantee 2 (bad input answers 400; List returns only locks under the
 // prefix, never misses one held throughout).
 //
-// FAILS on Redis: the cursor is base64 JSON that store/redis/admin.go
+// Guards (Redis): the cursor is base64 JSON that store/redis/admin.go
 // decodeCursor accepts whatever it says. A cursor List never returned
 // ({"d":true,"p":["<key outside the prefix>"]}) is answered 200 and lists a
 // lock that does not start with the requested prefix (Pending keys are
@@ -42,7 +42,7 @@ func TestReview10RedisListForgedCursor(t *testing.T) {
 
 // Guarantee 2 (a garbage cursor answers 400).
 //
-// FAILS on JetStream: store/jetstream List takes any string as a cursor
+// Guards (JetStream): store/jetstream List takes any string as a cursor
 // ("the last key of the previous page") and skips every key <= it. The
 // garbage cursor "zzzz" is answered 200 with an empty page and cursor ""
 // (the listing is "complete") while a lock under the prefix is held: a

@@ -2,6 +2,7 @@ package jetstream
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"slices"
@@ -28,9 +29,9 @@ const (
 )
 
 // List returns the live leases of the keys that start with prefix, sorted
-// by key: at most limit of them, those after cursor, which is the last key
-// of the previous page (any string is a cursor). The next cursor is "" when
-// no live lease is left after the page. List changes nothing.
+// by key: at most limit of them, those after cursor, which names the last
+// key of the previous page. The next cursor is "" when no live lease is
+// left after the page. List changes nothing.
 //
 // It reads lease subjects only, never state objects: one consumer that
 // lives for the call delivers the headers (where lease records are) of the
@@ -45,12 +46,18 @@ const (
 // ended by the server's clock, which List samples once per page after
 // reading the leases.
 //
-// It returns store.ErrInvalid for a limit below 1 and errors wrapping
-// store.ErrUnavailable when the server cannot serve.
+// It returns store.ErrInvalid for a limit below 1 or a cursor it did not
+// return for this prefix, and errors wrapping store.ErrUnavailable when the
+// server cannot serve.
 func (s *Store) List(ctx context.Context, prefix, cursor string, limit int) ([]store.Held, string, error) {
 	if limit < 1 {
 		return nil, "", fmt.Errorf("%w: limit must be at least 1, got %d", store.ErrInvalid, limit)
 	}
+	after, err := decodeListCursor(prefix, cursor)
+	if err != nil {
+		return nil, "", err
+	}
+	cursor = after
 	msgs, err := s.lastLeases(ctx, s.listFilter(prefix))
 	if err != nil {
 		return nil, "", fmt.Errorf("jetstream: list %q: %w", prefix, err)
@@ -86,7 +93,7 @@ func (s *Store) List(ctx context.Context, prefix, cursor string, limit int) ([]s
 	next := ""
 	if len(live) > limit {
 		live = live[:limit]
-		next = live[limit-1].key
+		next = encodeListCursor(live[limit-1].key)
 	}
 	out := make([]store.Held, len(live))
 	for i, f := range live {
@@ -257,4 +264,25 @@ func (s *Store) Force(ctx context.Context, key string) (store.Lease, error) {
 		return nil
 	})
 	return ended, err
+}
+
+// A list cursor is the last key of the page, tagged and base64url-encoded,
+// so that a cursor List did not return is refused rather than taken for a
+// key to skip to.
+const listCursorTag = "k:"
+
+func encodeListCursor(key string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(listCursorTag + key))
+}
+
+func decodeListCursor(prefix, cursor string) (string, error) {
+	if cursor == "" {
+		return "", nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(cursor)
+	key, tagged := strings.CutPrefix(string(b), listCursorTag)
+	if err != nil || !tagged || !strings.HasPrefix(key, prefix) {
+		return "", fmt.Errorf("%w: cursor %q is not one List returned for prefix %q", store.ErrInvalid, cursor, prefix)
+	}
+	return key, nil
 }

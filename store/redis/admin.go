@@ -37,8 +37,8 @@ const maxScanCount = 1024
 // no room for (at most about one hash bucket's worth, as the batch is
 // scanned again with a smaller COUNT before any is left over). A SCAN
 // cursor means nothing to another server process, so when that node has
-// restarted or is no longer a master (a failover), List fails with an error
-// wrapping store.ErrUnavailable: list again from the start. Keys moved
+// restarted or is no longer a master (a failover), List fails with store.ErrInvalid
+// (the cursor is no longer good): list again from the start. Keys moved
 // between nodes during a listing (resharding) may be missed or returned
 // twice.
 //
@@ -57,6 +57,11 @@ func (s *Store) List(ctx context.Context, prefix, cursor string, limit int) ([]s
 	if err != nil {
 		return nil, "", err
 	}
+	for _, k := range cur.Pending {
+		if !strings.HasPrefix(k, prefix) {
+			return nil, "", fmt.Errorf("%w: cursor %q is not one List returned for prefix %q", store.ErrInvalid, cursor, prefix)
+		}
+	}
 	nodes, err := s.scanNodes(ctx)
 	if err != nil {
 		return nil, "", err
@@ -67,8 +72,8 @@ func (s *Store) List(ctx context.Context, prefix, cursor string, limit int) ([]s
 		i = len(nodes)
 	case cur.Node != "":
 		if i = slices.IndexFunc(nodes, func(n scanNode) bool { return n.id == cur.Node }); i < 0 {
-			return nil, "", fmt.Errorf("%w: redis: the node this listing was scanning (run_id %s) has restarted or is no longer a master; list again from the start",
-				store.ErrUnavailable, cur.Node)
+			return nil, "", fmt.Errorf("%w: redis: the cursor names a node (run_id %s) that is not a master now (restarted, failed over, or never was); list again from the start",
+				store.ErrInvalid, cur.Node)
 		}
 	}
 	match := globEscape(s.cfg.Namespace+":{"+prefix) + "*}:lock"

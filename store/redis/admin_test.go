@@ -83,8 +83,8 @@ func TestListAfterRestartAsksToStartAgain(t *testing.T) {
 		t.Fatalf("first page = cursor %q, %v; want more pages", cursor, err)
 	}
 	srv.Restart(t)
-	if _, _, err := s.List(t.Context(), p, cursor, 2); !errors.Is(err, store.ErrUnavailable) {
-		t.Errorf("List after a restart with the earlier cursor = %v, want ErrUnavailable", err)
+	if _, _, err := s.List(t.Context(), p, cursor, 2); !errors.Is(err, store.ErrInvalid) {
+		t.Errorf("List after a restart with the earlier cursor = %v, want ErrInvalid (list again from the start)", err)
 	}
 	if held, next, err := s.List(t.Context(), p, "", 2); err != nil || len(held) != 0 || next != "" {
 		t.Errorf("List from the start after a restart without persistence = %v, %q, %v; want nothing", held, next, err)
