@@ -80,6 +80,7 @@ const (
 	opRefresh
 	opGet
 	opWait
+	opForce // an operator ends whatever lease is live (admin force)
 )
 
 type lockInput struct {
@@ -94,8 +95,8 @@ type lockInput struct {
 
 type lockOutput struct {
 	unknown  bool
-	ok       bool   // acquire: granted; release: released; write, refresh: applied
-	token    uint64 // acquire: the grant's token (refused try: the holder's, 0 = not said); get: the token reported
+	ok       bool   // acquire: granted; release: released; write, refresh: applied; force: a lease was ended
+	token    uint64 // acquire: the grant's token (refused try: the holder's, 0 = not said); get: the token reported; force: the token of the lease ended
 	value    string // acquire, get, wait: the state read ("" = none)
 	locked   bool   // get
 	deadline int64  // acquire, refresh: the lease's end at the earliest, in history time
@@ -223,6 +224,23 @@ func step(s lockState, i lockInput, o lockOutput) []lockState {
 			return nil
 		}
 		return []lockState{s}
+	case opForce:
+		ended := func(n lockState) lockState {
+			return lockState{holder: free, token: n.token, tokenKnown: n.tokenKnown, value: n.value}
+		}
+		switch {
+		case o.unknown:
+			return []lockState{s, ended(s)}
+		case o.ok: // a live lease with o.token was ended; the state stays
+			if n, ok := observeHeld(s, o.token); ok {
+				return []lockState{ended(n)}
+			}
+			return nil
+		case s.holder >= 0: // "nothing was live" while a known lease was
+			return nil
+		default:
+			return []lockState{ended(s)}
+		}
 	}
 	return nil
 }
@@ -281,6 +299,8 @@ var lockModel = porcupine.NondeterministicModel{
 			return fmt.Sprintf("refresh(%s, c%d, lease %d) -> %s", i.key, i.client, i.lease, res)
 		case opGet:
 			return fmt.Sprintf("get(%s, c%d) -> locked=%v token=%d value=%q", i.key, i.client, o.locked, o.token, o.value)
+		case opForce:
+			return fmt.Sprintf("force(%s, c%d) -> %s token=%d", i.key, i.client, res, o.token)
 		default:
 			return fmt.Sprintf("wait(%s, c%d) -> %q", i.key, i.client, o.value)
 		}
@@ -293,7 +313,7 @@ type history struct {
 	mu    sync.Mutex
 	ops   []porcupine.Operation
 
-	acquires, releases, writes, refreshes, gets, waits, unknown, staleRejected atomic.Int64
+	acquires, releases, writes, refreshes, gets, waits, forces, unknown, staleRejected atomic.Int64
 }
 
 func newHistory() *history { return &history{start: time.Now()} }
@@ -326,6 +346,8 @@ func (h *history) add(client int, in lockInput, call int64, out lockOutput) {
 		h.writes.Add(1)
 	case opRefresh:
 		h.refreshes.Add(1)
+	case opForce:
+		h.forces.Add(1)
 	}
 }
 
@@ -392,9 +414,9 @@ func (h *history) verify(t *testing.T, name string) (summary, violation string) 
 	if h.acquires.Load() == 0 {
 		violation += "no lock was acquired: the workload made no progress"
 	}
-	return fmt.Sprintf("%d ops (%d grants, %d acknowledged releases, %d writes, %d refreshes, %d gets, %d waits, %d unknown outcomes), linearizable: %v, stale writes rejected: %d",
+	return fmt.Sprintf("%d ops (%d grants, %d acknowledged releases, %d writes, %d refreshes, %d gets, %d waits, %d forces, %d unknown outcomes), linearizable: %v, stale writes rejected: %d",
 		len(ops), h.acquires.Load(), h.releases.Load(), h.writes.Load(), h.refreshes.Load(), h.gets.Load(), h.waits.Load(),
-		h.unknown.Load(), res == porcupine.Ok, h.staleRejected.Load()), violation
+		h.forces.Load(), h.unknown.Load(), res == porcupine.Ok, h.staleRejected.Load()), violation
 }
 
 // describeViolation says, for each key whose history is not linearizable,

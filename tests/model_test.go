@@ -49,6 +49,12 @@ func TestModelCatchesViolations(t *testing.T) {
 	wait := func(c int, call, ret int64, value string) porcupine.Operation {
 		return op(c, call, ret, lockInput{kind: opWait}, lockOutput{value: value})
 	}
+	force := func(c int, call, ret int64, ok bool, token uint64) porcupine.Operation {
+		return op(c, call, ret, lockInput{kind: opForce}, lockOutput{ok: ok, token: token})
+	}
+	unknownForce := func(c int, call, ret int64) porcupine.Operation {
+		return op(c, call, ret, lockInput{kind: opForce}, lockOutput{unknown: true})
+	}
 	type h = []porcupine.Operation
 	model := lockModel.ToModel()
 	cases := []struct {
@@ -104,6 +110,15 @@ func TestModelCatchesViolations(t *testing.T) {
 		{"wait returns the released value", true, h{acq(0, 0, 1, 1, ""), wait(2, 2, 7, "a"), rel(0, 4, 5, "a", true)}},
 		{"wait returns while locked", false, h{acq(0, 0, 1, 1, ""), wait(2, 2, 3, "")}},
 		{"wait returns a stale value", false, h{acq(0, 0, 1, 1, ""), write(0, 2, 3, "w", true), rel(0, 4, 5, "a", true), wait(2, 6, 7, "w")}},
+		// Force (an operator ends whatever lease is live).
+		{"forced lease: holder refused, next grant keeps the state", true, h{acq(0, 0, 1, 1, ""), write(0, 2, 3, "w", true), force(2, 4, 5, true, 1), rel(0, 6, 7, "a", false), acq(1, 8, 9, 2, "w")}},
+		{"forced lease: holder still writes", false, h{acq(0, 0, 1, 1, ""), force(2, 2, 3, true, 1), write(0, 4, 5, "w", true)}},
+		{"forced lease: wrong token", false, h{acq(0, 0, 1, 3, ""), force(2, 2, 3, true, 2)}},
+		{"force finds nothing while a lease is live", false, h{acq(0, 0, 1, 1, ""), force(2, 2, 3, false, 0)}},
+		{"force finds nothing after a release", true, h{acq(0, 0, 1, 1, ""), rel(0, 2, 3, "a", true), force(2, 4, 5, false, 0), acq(1, 6, 7, 2, "a")}},
+		{"force ends an unknown acquire's orphan", true, h{unknownAcq(1, 0, 50), force(2, 2, 3, true, 4), acq(0, 10, 11, 5, "")}},
+		{"unknown force: lease may be gone", true, h{acq(0, 0, 1, 1, ""), unknownForce(2, 2, 3), acq(1, 4, 5, 2, "")}},
+		{"forced lease taken over: token went back", false, h{acq(0, 0, 1, 5, ""), force(2, 2, 3, true, 5), acq(1, 4, 5, 4, "")}},
 		{"wait sees a hand-over", true, h{acq(0, 0, 1, 1, ""), wait(2, 2, 9, "a"), acq(1, 3, 8, 2, "a"), rel(0, 4, 6, "a", true), get(2, 10, 11, true, 2, "a")}},
 	}
 	for _, c := range cases {

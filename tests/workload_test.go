@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -13,8 +14,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/lockservice/lockservice/client"
+	"github.com/lockservice/lockservice/service/api"
 )
 
 // workload is the client side of a fault scenario: clients on a few keys
@@ -26,7 +29,9 @@ import (
 //     release, one in eight tries a write or refresh under the ended lease,
 //     which must be refused;
 //   - get (1 in 10): the lock and the state, without taking it;
-//   - wait (1 in 10): wait up to 1.5 s for the key to be unlocked.
+//   - wait (1 in 10): wait up to 1.5 s for the key to be unlocked;
+//   - force (client 0 only, 1 in 10 of its operations): an operator ends
+//     whatever lease is live on the key (admin force).
 //
 // Values are unique ("c<client>.<n>"), so a grant or a read that returns
 // an old state names the write it saw. Every operation goes into the
@@ -77,13 +82,15 @@ func (w *workload) runInto(t *testing.T, ctx context.Context, h *history) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			wc := &workClient{w: w, h: h, cl: cl, id: c, rnd: rand.New(rand.NewPCG(uint64(c), uint64(time.Now().UnixNano())))}
+			wc := &workClient{w: w, h: h, cl: cl, nc: nc, id: c, rnd: rand.New(rand.NewPCG(uint64(c), uint64(time.Now().UnixNano())))}
 			for ctx.Err() == nil {
 				key := w.key(wc.rnd.IntN(w.keys))
-				switch r := wc.rnd.IntN(10); {
-				case r == 0:
+				switch r := wc.rnd.IntN(40); {
+				case wc.id == 0 && r >= 36:
+					wc.force(ctx, key)
+				case r < 4:
 					wc.get(ctx, key)
-				case r == 1:
+				case r < 8:
 					wc.wait(ctx, key)
 				default:
 					wc.hold(ctx, key)
@@ -98,6 +105,7 @@ type workClient struct {
 	w   *workload
 	h   *history
 	cl  *client.Client
+	nc  *nats.Conn
 	id  int
 	rnd *rand.Rand
 	n   int // values written
@@ -129,6 +137,22 @@ func (c *workClient) wait(ctx context.Context, key string) {
 		return // still locked, or failed: no state to check
 	}
 	c.h.addRead(c.id, lockInput{kind: opWait, key: key, client: c.id}, call, lockOutput{value: string(v)})
+}
+
+// force ends whatever lease is live on key, as an operator would
+// (<prefix>.admin.force.<key>), and records the outcome.
+func (c *workClient) force(ctx context.Context, key string) {
+	in := lockInput{kind: opForce, key: key, client: c.id}
+	call := c.h.now()
+	fctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	m, err := c.nc.RequestWithContext(fctx, api.Subject(api.DefaultPrefix, api.OpAdminForce, key), []byte(`{"reason":"workload"}`))
+	cancel()
+	var resp api.ForceResponse
+	if err != nil || m.Header.Get(micro.ErrorCodeHeader) != "" || json.Unmarshal(m.Data, &resp) != nil {
+		c.h.add(c.id, in, call, lockOutput{unknown: true})
+		return
+	}
+	c.h.add(c.id, in, call, lockOutput{ok: resp.Forced, token: resp.Token})
 }
 
 // lockedToken reads the holder's token from a refused try-acquire (0 when
