@@ -275,8 +275,11 @@ type AcquireRequest struct {
 	// AliveMs opts a blocking request in to the liveness window: it stays
 	// parked only while the caller renews it on <prefix>.alive.<key> at
 	// least every AliveMs (MinAlive to MaxAlive). A request not renewed in
-	// time is dropped and its lock id retired: the service never grants
-	// it after that, and gives back a grant for it that completes later.
+	// time is dropped without an answer and its lock id retired: the
+	// service never grants it after that, and gives back a grant for it
+	// that completes later. Its grant is also given back when the answer
+	// finds nobody subscribed to the reply subject, so keep that
+	// subscription until the answer arrives or the lock id is given up.
 	// 0: no window (the request waits its whole wait_ms).
 	AliveMs int64 `json:"alive_ms,omitempty" msgpack:"alive_ms,omitempty"`
 }
