@@ -279,7 +279,22 @@ func runHolding(ctx context.Context, l *client.Lock, f *lockFlags, argv []string
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, stdout, stderr
 	cmd.WaitDelay = time.Second // for output copied through pipes that what it started holds open
 	group := ownGroup(cmd)
-	if err := cmd.Start(); err != nil {
+	tieToParent(cmd)
+	started := make(chan error, 1)
+	exited := make(chan struct{})
+	go func() {
+		// One thread starts the command and outlives it (tieToParent).
+		lockThread()
+		defer unlockThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		_ = cmd.Wait() // the status is in cmd.ProcessState
+		close(exited)
+	}()
+	if err := <-started; err != nil {
 		_ = release(l, f.timeout)
 		code := exitNoExec
 		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
@@ -287,11 +302,6 @@ func runHolding(ctx context.Context, l *client.Lock, f *lockFlags, argv []string
 		}
 		return &exitError{code: code, err: fmt.Errorf("lock %q: %w (the lock was released)", key, err)}
 	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait() // the status is in cmd.ProcessState
-		close(exited)
-	}()
 
 	var lost error
 	var kill <-chan time.Time

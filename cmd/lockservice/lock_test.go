@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -370,5 +371,34 @@ exit 5`
 				t.Errorf("Get(%q) after exit = %+v, want unlocked", key, info)
 			}
 		})
+	}
+}
+
+// TestLockCommandDiesWithLockservice (Linux): when lockservice is killed
+// with kill -9, nobody keeps the lease alive any more, so the command must
+// not run on without the lock: the kernel kills it with its parent.
+func TestLockCommandDiesWithLockservice(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the parent-death signal is Linux only")
+	}
+	url, _ := startService(t)
+	dir := t.TempDir()
+	script := `echo $$ > "$D/pid.tmp" && mv "$D/pid.tmp" "$D/pid"
+exec sleep 600`
+	p := startBinary(t, url, []string{"D=" + dir}, "lock", "--ttl", "5s", "cli.parentdeath", "--", "sh", "-c", script)
+	pid, err := strconv.Atoi(strings.TrimSpace(p.await(t, filepath.Join(dir, "pid"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-p.done
+	deadline := time.Now().Add(10 * time.Second)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the command %d still runs after lockservice was killed", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
