@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,7 +11,7 @@ import (
 
 	"github.com/lockservice/lockservice/client"
 	"github.com/lockservice/lockservice/service"
-	jsstore "github.com/lockservice/lockservice/store/jetstream"
+	"github.com/lockservice/lockservice/store/memstore"
 )
 
 // TestGrantDeliveryAcrossACluster: a grant to a request with a liveness
@@ -24,7 +25,7 @@ func TestGrantDeliveryAcrossACluster(t *testing.T) {
 		t.Skip("starts a 3-node nats-server cluster")
 	}
 	needBinaries(t)
-	_, addrs := startNATS(t, 3)
+	addrs := startCoreCluster(t, 3)
 	connect := func(addr string) *nats.Conn {
 		nc, err := nats.Connect("nats://"+addr, nats.MaxReconnects(-1))
 		if err != nil {
@@ -35,11 +36,14 @@ func TestGrantDeliveryAcrossACluster(t *testing.T) {
 	}
 	ctx := t.Context()
 	svcNC := connect(addrs[0])
-	st, err := jsstore.New(ctx, svcNC, jsstore.Config{Bucket: "delivery"})
+	// The routes carry interest, not JetStream: an in-memory store keeps
+	// the test to what it checks.
+	mem, err := memstore.NewServer(memstore.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
+	t.Cleanup(func() { mem.Close() })
+	st := memstore.New(mem)
 	svc, err := service.New(svcNC, st, service.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -88,5 +92,50 @@ func TestGrantDeliveryAcrossACluster(t *testing.T) {
 	}
 	if n := svc.Stats().Undelivered; n != 0 {
 		t.Fatalf("%d grants to live waiters taken for undelivered", n)
+	}
+}
+
+// startCoreCluster starts n clustered nats-server processes without
+// JetStream and returns their client addresses once a message published on
+// the first reaches a subscriber on the last (routes are up).
+func startCoreCluster(t *testing.T, n int) []string {
+	var ports, cports []int
+	for i := 0; i < n; i++ {
+		ports = append(ports, freePort(t))
+		cports = append(cports, freePort(t))
+	}
+	var routes []string
+	for _, p := range cports {
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", p))
+	}
+	var addrs []string
+	for i := 0; i < n; i++ {
+		conf := fmt.Sprintf("server_name: c%d\nlisten: 127.0.0.1:%d\ncluster { name: core, listen: 127.0.0.1:%d, routes: [%s] }\n",
+			i, ports[i], cports[i], strings.Join(routes, ", "))
+		addr := fmt.Sprintf("127.0.0.1:%d", ports[i])
+		startProc(t, fmt.Sprintf("core%d", i), bins.natsServer, []string{"-c", writeFile(t, fmt.Sprintf("c%d.conf", i), conf)}, dialable(addr))
+		addrs = append(addrs, addr)
+	}
+	first, err := nats.Connect("nats://" + addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	last, err := nats.Connect("nats://" + addrs[n-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer last.Close()
+	sub, _ := last.SubscribeSync("routes.up")
+	last.Flush()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		first.Publish("routes.up", nil)
+		if _, err := sub.NextMsg(100 * time.Millisecond); err == nil {
+			return addrs
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the cluster's routes did not come up in 30 s")
+		}
 	}
 }
