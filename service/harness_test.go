@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -179,8 +178,6 @@ func mustNotAcquired(t *testing.T, what string, v map[string]any, errAns string)
 		t.Fatalf("%s answered %v %s, want acquired:false", what, v, errAns)
 	}
 }
-
-func hasPrefix(s, p string) bool { return strings.HasPrefix(s, p) }
 
 func (h *harness) acquired(what, reply string) uint64 {
 	h.t.Helper()

@@ -3,6 +3,7 @@ package service_test
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,7 +62,7 @@ func TestReview9RealCancelDuringFailedAttemptStrandsNext(t *testing.T) {
 		ga.Open()
 		if m, err := subA.NextMsg(5 * time.Second); err != nil {
 			t.Fatalf("head not answered: %v", err)
-		} else if string(m.Data) == "" || json.Valid(m.Data) && contains(string(m.Data), `"acquired":true`) {
+		} else if string(m.Data) == "" || json.Valid(m.Data) && strings.Contains(string(m.Data), `"acquired":true`) {
 			t.Fatalf("head answered %q", m.Data)
 		}
 		start := time.Now()
@@ -70,17 +71,8 @@ func TestReview9RealCancelDuringFailedAttemptStrandsNext(t *testing.T) {
 			info, _ := other.Get(t.Context(), key)
 			t.Fatalf("the second request is still parked %v after the key became free (locked=%v; wait_ms 30000): %v", time.Since(start).Round(time.Second), info.Locked, err)
 		}
-		if !contains(string(m.Data), `"acquired":true`) {
+		if !strings.Contains(string(m.Data), `"acquired":true`) {
 			t.Fatalf("second request answered %q", m.Data)
 		}
 	})
-}
-
-func contains(s, sub string) bool {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if s[i:i+len(sub)] == sub {
-			return true
-		}
-	}
-	return false
 }

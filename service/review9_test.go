@@ -2,6 +2,7 @@ package service
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -78,7 +79,7 @@ func TestReview9OverdueHeadIsRetriedAfterItsDeadline(t *testing.T) {
 		time.Sleep(1500 * time.Millisecond) // wait_ms runs out during the hand-off
 		tr.Fail(fmt.Errorf("%w: injected: Transfer not applied", store.ErrUnavailable))
 		tr.Open()
-		if _, e := h.answer(rel); !hasPrefix(e, "503 ") {
+		if _, e := h.answer(rel); !strings.HasPrefix(e, "503 ") {
 			t.Fatalf("release answered %q, want 503", e)
 		}
 		if entered(again, 3*time.Second) {
@@ -205,7 +206,7 @@ func TestReview9ExpiredEventLostWhenWokenAttemptFails(t *testing.T) {
 		gb.Fail(fmt.Errorf("%w: injected", store.ErrUnavailable))
 		gb.Open()
 		time.Sleep(3 * time.Second) // the lease ends at 2 s
-		if _, e := h.answer(rb); !hasPrefix(e, "503 ") {
+		if _, e := h.answer(rb); !strings.HasPrefix(e, "503 ") {
 			t.Fatalf("parked request answered %q, want 503 (its attempt failed)", e)
 		}
 		time.Sleep(10 * time.Second)
@@ -356,7 +357,7 @@ func TestReview9StopDuringAttempt(t *testing.T) {
 		go func() { h.s.Stop(); close(done) }()
 		synctest.Wait()
 		for _, r := range []string{rb, w} {
-			if _, e := h.answer(r); !hasPrefix(e, "503 ") {
+			if _, e := h.answer(r); !strings.HasPrefix(e, "503 ") {
 				t.Fatalf("%s answered %q, want 503", r, e)
 			}
 		}
