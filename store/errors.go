@@ -20,18 +20,26 @@ var (
 	ErrInvalid = errors.New("store: invalid request")
 )
 
-// LockedError is returned by Acquire when another lock id holds the key.
-// It unwraps to ErrLocked.
+// LockedError is returned by Acquire when another lock id holds the key, or
+// when the lock-delay of a lease that expired or was forced still keeps the
+// key from everyone (Delayed). It unwraps to ErrLocked.
 type LockedError struct {
-	Key   string
+	Key string
+	// Lease is the live lease, or with Delayed the lease that ended.
 	Lease Lease
-	// ExpiresIn is how long, by the backend's own clock, until the lease
-	// ends; 0 when the backend does not know it in advance (it then reports
-	// expiry through Notifier).
+	// ExpiresIn is how long, by the backend's own clock, until the key can
+	// be taken unless it is released first: until the lease ends, plus its
+	// lock-delay. 0 when the backend does not know it in advance (it then
+	// reports the end through Notifier).
 	ExpiresIn time.Duration
+	// Delayed: the lease has ended and its lock-delay is running.
+	Delayed bool
 }
 
 func (e *LockedError) Error() string {
+	if e.Delayed {
+		return fmt.Sprintf("store: lock %q is in its lock-delay after the lease with token %d ended", e.Key, e.Lease.Token)
+	}
 	return fmt.Sprintf("store: lock %q is held (token %d)", e.Key, e.Lease.Token)
 }
 

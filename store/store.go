@@ -60,7 +60,9 @@ type Store interface {
 // service wakes waiters by timer.
 type Notifier interface {
 	// Notify registers fn to be called for every lock release or expiry the
-	// store observes. fn must not block. Notify may be called once.
+	// store observes. fn must not block. Notify may be called once. A lease
+	// with a lock-delay is reported as expired when the delay has passed
+	// and the key can be taken again.
 	Notify(fn func(Event))
 }
 
@@ -89,6 +91,13 @@ type AcquireOptions struct {
 	TTL time.Duration
 	// Owner is a free-form label shown to anyone who inspects the lock.
 	Owner string
+	// Delay is the lease's lock-delay: when the lease expires, or Force
+	// ends it, the key is granted to nobody for Delay more (the holder's
+	// operations fail from the lease's end as always). A release hands the
+	// key over at once. Refresh keeps the delay; Transfer gives the new
+	// lease its own. Backends with coarser expiry round it up, never down.
+	// 0: none.
+	Delay time.Duration
 }
 
 // Lease describes a live (or the last) grant of a key.
@@ -122,6 +131,10 @@ type Info struct {
 	Lease Lease
 	// Value is the state object, or nil when the key has none.
 	Value []byte
+	// Delay is, when the key is not Locked, how long the lock-delay of
+	// the lease that expired or was forced still keeps anyone from taking
+	// it; 0 when the key can be taken now. Lease is then the ended lease.
+	Delay time.Duration
 }
 
 // UpdateOp says what to do with the state object.
@@ -177,9 +190,11 @@ type Admin interface {
 	// that leaves the state object as it is: the lock id that held it can
 	// no longer refresh, write or release (ErrNotHeld), and the next
 	// grant's token is higher than the forced lease's. Notifier stores
-	// report it as a Released event with the lease's token. It returns the
-	// lease it ended, or ErrNotHeld, changing nothing, when no lease is
-	// live.
+	// report it as a Released event with the lease's token. A lease with a
+	// lock-delay (AcquireOptions.Delay) keeps the key from everyone for
+	// the delay, counted from Force; Notifier stores report the delay's
+	// end as an Expired event. It returns the lease it ended, or
+	// ErrNotHeld, changing nothing, when no lease is live.
 	Force(ctx context.Context, key string) (Lease, error)
 }
 

@@ -65,6 +65,11 @@ func (s *Store) Force(ctx context.Context, key string) (store.Lease, error) {
 		return store.Lease{}, store.ErrNotHeld
 	}
 	l := e.lease.public()
+	if d := e.lease.delay; d > 0 {
+		s.srv.emitLocked(store.Event{Kind: store.Released, Key: key, Token: l.Token})
+		s.srv.delayLocked(key, e, now.Add(d), now)
+		return l, nil
+	}
 	s.srv.endLocked(key, e, store.Released)
 	return l, nil
 }

@@ -73,8 +73,12 @@ type entry struct {
 	value []byte      // the state object, nil when there is none
 	// valueEnds is when the state object expires (zero: never).
 	valueEnds time.Time
-	timer     *time.Timer // ends the lease
+	timer     *time.Timer // ends the lease, or the lock-delay after it
 	timerGen  uint64      // tells the current timer from stopped ones
+	// delayed is the lease that expired or was forced while its lock-delay
+	// runs (until delayEnds); nil otherwise.
+	delayed   *lease
+	delayEnds time.Time
 }
 
 // lease is a live grant.
@@ -83,7 +87,8 @@ type lease struct {
 	token  uint64
 	ttl    time.Duration
 	owner  string
-	ends   time.Time // by the server's clock
+	ends   time.Time     // by the server's clock
+	delay  time.Duration // lock-delay after an expiry or Force
 }
 
 func (l *lease) public() store.Lease {
@@ -137,7 +142,10 @@ func (srv *Server) find(key string, now time.Time) *entry {
 		return nil
 	}
 	if e.lease != nil && !now.Before(e.lease.ends) {
-		srv.endLocked(key, e, store.Expired)
+		srv.expireLocked(key, e, now)
+	}
+	if e.delayed != nil && !now.Before(e.delayEnds) {
+		srv.undelayLocked(key, e)
 	}
 	if e.value != nil && !e.valueEnds.IsZero() && !now.Before(e.valueEnds) {
 		e.value, e.valueEnds = nil, time.Time{}
@@ -158,7 +166,7 @@ func (srv *Server) ensure(key string, now time.Time) *entry {
 // grantLocked gives key to lockID with a new token.
 func (srv *Server) grantLocked(key string, e *entry, lockID string, opts store.AcquireOptions, now time.Time) store.Lease {
 	e.fence++
-	e.lease = &lease{holder: lockID, token: e.fence, ttl: opts.TTL, owner: opts.Owner, ends: now.Add(opts.TTL)}
+	e.lease = &lease{holder: lockID, token: e.fence, ttl: opts.TTL, owner: opts.Owner, ends: now.Add(opts.TTL), delay: max(opts.Delay, 0)}
 	e.last = store.Lease{Token: e.fence, TTL: opts.TTL, Owner: opts.Owner}
 	srv.armLocked(key, e, opts.TTL)
 	return e.lease.public()
@@ -168,6 +176,37 @@ func (srv *Server) grantLocked(key string, e *entry, lockID string, opts store.A
 func (srv *Server) endLocked(key string, e *entry, kind store.EventKind) {
 	srv.emitLocked(store.Event{Kind: kind, Key: key, Token: e.lease.token})
 	e.lease = nil
+	srv.stopTimerLocked(e)
+}
+
+// expireLocked ends key's lease, which has run out: at once, with an
+// Expired event, or with a lock-delay by starting it (the event comes at
+// its end).
+func (srv *Server) expireLocked(key string, e *entry, now time.Time) {
+	if e.lease.delay <= 0 {
+		srv.endLocked(key, e, store.Expired)
+		return
+	}
+	srv.delayLocked(key, e, e.lease.ends.Add(e.lease.delay), now)
+}
+
+// delayLocked ends key's lease without an event and keeps the key from
+// everyone until ends.
+func (srv *Server) delayLocked(key string, e *entry, ends, now time.Time) {
+	e.delayed, e.delayEnds = e.lease, ends
+	e.lease = nil
+	if !now.Before(ends) {
+		srv.undelayLocked(key, e)
+		return
+	}
+	srv.armLocked(key, e, ends.Sub(now))
+}
+
+// undelayLocked ends the lock-delay of key: it can be taken again, which
+// is reported as the expiry of the delayed lease.
+func (srv *Server) undelayLocked(key string, e *entry) {
+	srv.emitLocked(store.Event{Kind: store.Expired, Key: key, Token: e.delayed.token})
+	e.delayed, e.delayEnds = nil, time.Time{}
 	srv.stopTimerLocked(e)
 }
 
@@ -206,15 +245,20 @@ func (srv *Server) expire(key string, gen uint64) {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	e := srv.keys[key]
-	if srv.closed || e == nil || e.timerGen != gen || e.lease == nil {
+	if srv.closed || e == nil || e.timerGen != gen {
 		return
 	}
 	now := srv.cfg.Now()
-	if now.Before(e.lease.ends) {
+	switch {
+	case e.lease != nil && now.Before(e.lease.ends):
 		srv.armLocked(key, e, e.lease.ends.Sub(now))
-		return
+	case e.lease != nil:
+		srv.expireLocked(key, e, now)
+	case e.delayed != nil && now.Before(e.delayEnds):
+		srv.armLocked(key, e, e.delayEnds.Sub(now))
+	case e.delayed != nil:
+		srv.undelayLocked(key, e)
 	}
-	srv.endLocked(key, e, store.Expired)
 }
 
 // clone copies v, keeping nil and empty apart.

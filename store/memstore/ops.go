@@ -87,9 +87,12 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 	e := s.srv.ensure(key, now)
 	if l := e.lease; l != nil {
 		if l.holder != lockID {
-			return store.Grant{}, &store.LockedError{Key: key, Lease: l.public(), ExpiresIn: l.ends.Sub(now)}
+			return store.Grant{}, &store.LockedError{Key: key, Lease: l.public(), ExpiresIn: l.ends.Add(l.delay).Sub(now)}
 		}
 		return store.Grant{Lease: l.public(), Value: clone(e.value)}, nil
+	}
+	if l := e.delayed; l != nil {
+		return store.Grant{}, &store.LockedError{Key: key, Lease: l.public(), ExpiresIn: e.delayEnds.Sub(now), Delayed: true}
 	}
 	l := s.srv.grantLocked(key, e, lockID, opts, now)
 	return store.Grant{Lease: l, Value: clone(e.value)}, nil
@@ -176,6 +179,9 @@ func (s *Store) Get(ctx context.Context, key string) (store.Info, error) {
 	}
 	if e.lease != nil {
 		return store.Info{Locked: true, Lease: e.lease.public(), Value: clone(e.value)}, nil
+	}
+	if e.delayed != nil {
+		return store.Info{Lease: e.last, Value: clone(e.value), Delay: e.delayEnds.Sub(now)}, nil
 	}
 	return store.Info{Lease: e.last, Value: clone(e.value)}, nil
 }

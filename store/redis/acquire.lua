@@ -2,23 +2,34 @@
 -- acquire: take the lock for a holder when it is free, or report the live
 -- lease. All keys share one hash tag, so the script runs on one slot.
 --
--- KEYS[1] lock hash (h holder, o owner, t token, l lease ms)
+-- KEYS[1] lock hash (h holder, o owner, t token, l lease ms, d lock-delay ms)
 -- KEYS[2] fence counter (INCR, never reset)
 -- KEYS[3] state object
+-- KEYS[4] delay key: the token of the last lease, living until its
+--         lock-delay after its end (absent when the lease has none)
 -- ARGV[1] holder (hex of sha256(lock id)[:16])
 -- ARGV[2] owner label
 -- ARGV[3] lease length in ms
 -- ARGV[4] '1' when the caller will WAIT for replicas after the script
+-- ARGV[5] lock-delay in ms ('0': none)
 --
 -- Reply: {status, token, owner, lease ms, pttl ms, has value, value}
 --   status 1: granted now; 2: already held by this holder (the same grant,
---   unchanged); 0: held by another holder (only the first five fields).
-local lock, fence, obj = KEYS[1], KEYS[2], KEYS[3]
+--   unchanged); 0: held by another holder, pttl = until the key can be
+--   granted (only the first five fields); 3: the lease ended and its
+--   lock-delay runs for pttl more (token of the ended lease, no owner).
+local lock, fence, obj, dkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local cur = redis.call('HMGET', lock, 'h', 'o', 't', 'l')
 local status, token, owner, lease
+if not cur[1] then
+  local delayed = redis.call('GET', dkey)
+  if delayed then
+    return {3, delayed, '', '0', redis.call('PTTL', dkey)}
+  end
+end
 if cur[1] then
   if cur[1] ~= ARGV[1] then
-    return {0, cur[3] or '0', cur[2] or '', cur[4] or '0', redis.call('PTTL', lock)}
+    return {0, cur[3] or '0', cur[2] or '', cur[4] or '0', grantable_in(lock, dkey)}
   end
   if ARGV[4] == '1' then
     -- Rewrite the holder unchanged: it moves this connection's replication
@@ -27,7 +38,7 @@ if cur[1] then
   end
   status, token, owner, lease = 2, cur[3] or '0', cur[2] or '', cur[4] or '0'
 else
-  token = grant(lock, fence, ARGV[1], ARGV[2], ARGV[3])
+  token = grant(lock, fence, dkey, ARGV[1], ARGV[2], ARGV[3], ARGV[5])
   status, owner, lease = 1, ARGV[2], ARGV[3]
 end
 local pttl = redis.call('PTTL', lock)

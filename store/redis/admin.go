@@ -284,7 +284,7 @@ func (s *Store) Force(ctx context.Context, key string) (store.Lease, error) {
 	}
 	lock, _, _ := s.keys(key)
 	sent := time.Now()
-	raw, err := s.run(ctx, forceScript, statusNonZero, []string{lock})
+	raw, err := s.run(ctx, forceScript, statusNonZero, []string{lock, s.delayKey(key)})
 	if err != nil {
 		return store.Lease{}, err
 	}

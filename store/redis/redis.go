@@ -16,6 +16,11 @@
 //   - <ns>:{<key>}:obj is the state object, a string stored byte for byte,
 //     with PEXPIRE ObjectTTL after each write when ObjectTTL is set, and no
 //     expiry otherwise.
+//   - <ns>:{<key>}:delay exists only for a lease with a lock-delay
+//     (AcquireOptions.Delay; hash field d of the lease): the lease's token,
+//     expiring the delay after the lease (set again by each refresh, and by
+//     Force to the delay from then; deleted by a release). While it exists
+//     without a lease, nobody is granted the key.
 //
 // Each operation is one Lua script (acquire.lua, refresh.lua, update.lua
 // for Release and Write, get.lua, transfer.lua, force.lua, embedded in the
@@ -135,7 +140,7 @@ var (
 	leaseSrc string
 
 	acquireScript  = goredis.NewScript(withSteps(acquireSrc))
-	refreshScript  = goredis.NewScript(refreshSrc)
+	refreshScript  = goredis.NewScript(withSteps(refreshSrc))
 	updateScript   = goredis.NewScript(withSteps(updateSrc))
 	getScript      = goredis.NewScript(getSrc)
 	transferScript = goredis.NewScript(withSteps(transferSrc))
@@ -276,6 +281,14 @@ func millis(d time.Duration) string {
 	return strconv.FormatInt(max(int64(ms), 1), 10)
 }
 
+// delayMillis renders a lock-delay in ms, rounded up; "0" for none.
+func delayMillis(d time.Duration) string {
+	if d <= 0 {
+		return "0"
+	}
+	return millis(d)
+}
+
 func holder(lockID string) string {
 	h := sha256.Sum256([]byte(lockID))
 	return hex.EncodeToString(h[:16])
@@ -295,6 +308,11 @@ func checkKey(key string) error {
 func (s *Store) keys(key string) (lock, fence, obj string) {
 	p := s.cfg.Namespace + ":{" + key + "}:"
 	return p + "lock", p + "fence", p + "obj"
+}
+
+// delayKey returns the lock-delay key of key.
+func (s *Store) delayKey(key string) string {
+	return s.cfg.Namespace + ":{" + key + "}:delay"
 }
 
 // updateArgs validates u and returns its script arguments (op, value).
@@ -503,8 +521,8 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 	}
 	lock, fence, obj := s.keys(key)
 	sent := time.Now()
-	raw, err := s.run(ctx, acquireScript, statusNonZero, []string{lock, fence, obj},
-		holder(lockID), opts.Owner, millis(opts.TTL), s.mark)
+	raw, err := s.run(ctx, acquireScript, statusNonZero, []string{lock, fence, obj, s.delayKey(key)},
+		holder(lockID), opts.Owner, millis(opts.TTL), s.mark, delayMillis(opts.Delay))
 	if err != nil {
 		return store.Grant{}, err
 	}
@@ -514,9 +532,13 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 	if r.err != nil {
 		return store.Grant{}, r.err
 	}
-	if status == 0 {
+	switch status {
+	case 0:
 		// At least 1ms: 0 would mean "unknown" to the service.
 		return store.Grant{}, &store.LockedError{Key: key, Lease: lease, ExpiresIn: max(left, time.Millisecond)}
+	case 3:
+		lease.ExpiresAt = time.Time{} // it has ended
+		return store.Grant{}, &store.LockedError{Key: key, Lease: lease, ExpiresIn: max(left, time.Millisecond), Delayed: true}
 	}
 	if len(r.a) < 7 {
 		return store.Grant{}, fmt.Errorf("redis: unexpected acquire reply %v", raw)
@@ -542,7 +564,7 @@ func (s *Store) Refresh(ctx context.Context, key, lockID string, ttl time.Durati
 	lock, _, _ := s.keys(key)
 	ms := millis(ttl)
 	sent := time.Now()
-	raw, err := s.run(ctx, refreshScript, statusNonZero, []string{lock}, holder(lockID), ms)
+	raw, err := s.run(ctx, refreshScript, statusNonZero, []string{lock, s.delayKey(key)}, holder(lockID), ms)
 	if err != nil {
 		return store.Lease{}, err
 	}
@@ -592,7 +614,7 @@ func (s *Store) update(ctx context.Context, key, lockID string, u store.Update, 
 	if !writes {
 		wrote = func(any) bool { return false }
 	}
-	raw, err := s.run(ctx, updateScript, wrote, []string{lock, obj}, holder(lockID), op, value, s.objTTLms, mode)
+	raw, err := s.run(ctx, updateScript, wrote, []string{lock, obj, s.delayKey(key)}, holder(lockID), op, value, s.objTTLms, mode)
 	if err != nil {
 		return err
 	}
@@ -615,11 +637,11 @@ func (s *Store) Get(ctx context.Context, key string) (store.Info, error) {
 	}
 	lock, fence, obj := s.keys(key)
 	sent := time.Now()
-	raw, err := s.run(ctx, getScript, nil, []string{lock, fence, obj})
+	raw, err := s.run(ctx, getScript, nil, []string{lock, fence, obj, s.delayKey(key)})
 	if err != nil {
 		return store.Info{}, err
 	}
-	r := decode(raw, 7)
+	r := decode(raw, 8)
 	locked := r.int(0) == 1
 	var info store.Info
 	if locked {
@@ -629,6 +651,9 @@ func (s *Store) Get(ctx context.Context, key string) (store.Info, error) {
 	}
 	info.Locked = locked
 	info.Value = r.value(5)
+	if !locked {
+		info.Delay = time.Duration(r.int(7)) * time.Millisecond
+	}
 	if r.err != nil {
 		return store.Info{}, r.err
 	}
@@ -651,8 +676,8 @@ func (s *Store) Transfer(ctx context.Context, key, fromID string, u store.Update
 	}
 	lock, fence, obj := s.keys(key)
 	sent := time.Now()
-	raw, err := s.run(ctx, transferScript, statusNonZero, []string{lock, fence, obj},
-		holder(fromID), op, val, s.objTTLms, holder(toID), opts.Owner, millis(opts.TTL))
+	raw, err := s.run(ctx, transferScript, statusNonZero, []string{lock, fence, obj, s.delayKey(key)},
+		holder(fromID), op, val, s.objTTLms, holder(toID), opts.Owner, millis(opts.TTL), delayMillis(opts.Delay))
 	if err != nil {
 		return store.Grant{}, err
 	}

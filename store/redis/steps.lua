@@ -18,13 +18,36 @@ local function apply_update(obj, op, value, ttl)
   end
 end
 
+-- hold_delay makes the delay key dkey outlast the lease of lock (ms) by its
+-- lock-delay (field d), or removes it when the lease has none.
+local function hold_delay(lock, dkey, token, lease)
+  local d = tonumber(redis.call('HGET', lock, 'd') or '0') or 0
+  if d > 0 then
+    redis.call('SET', dkey, token, 'PX', tonumber(lease) + d)
+  else
+    redis.call('DEL', dkey)
+  end
+end
+
 -- grant gives the lock to holder with a new token from the fence counter
--- and returns the token (a string: Lua numbers are doubles).
-local function grant(lock, fence, holder, owner, lease)
+-- and returns the token (a string: Lua numbers are doubles). delay is the
+-- lease's lock-delay in ms ('0': none).
+local function grant(lock, fence, dkey, holder, owner, lease, delay)
   redis.call('INCR', fence)
   local token = redis.call('GET', fence)
   redis.call('DEL', lock) -- the previous lease, or a malformed hash without a holder
-  redis.call('HSET', lock, 'h', holder, 'o', owner, 't', token, 'l', lease)
+  redis.call('HSET', lock, 'h', holder, 'o', owner, 't', token, 'l', lease, 'd', delay)
   redis.call('PEXPIRE', lock, lease)
+  hold_delay(lock, dkey, token, lease)
   return token
+end
+
+-- grantable_in is how long (ms) until the key can be granted unless it is
+-- released first: the lease's PTTL, or the delay key's when longer.
+local function grantable_in(lock, dkey)
+  local p, pd = redis.call('PTTL', lock), redis.call('PTTL', dkey)
+  if pd > p then
+    return pd
+  end
+  return p
 end

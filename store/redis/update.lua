@@ -2,7 +2,7 @@
 -- update: apply an update to the state object if ARGV[1] holds the lock;
 -- with ARGV[5] 'release' also end the lease, in the same step.
 --
--- KEYS[1] lock hash, KEYS[2] state object
+-- KEYS[1] lock hash, KEYS[2] state object, KEYS[3] delay key
 -- ARGV[1] holder
 -- ARGV[2] 'keep', 'set' or 'delete'
 -- ARGV[3] the new value for 'set'
@@ -16,6 +16,6 @@ if redis.call('HGET', KEYS[1], 'h') ~= ARGV[1] then
 end
 apply_update(KEYS[2], ARGV[2], ARGV[3], ARGV[4])
 if ARGV[5] == 'release' then
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1], KEYS[3]) -- a release hands over at once: no lock-delay
 end
 return 1

@@ -73,6 +73,11 @@ func Run(t *testing.T, newStore Factory) {
 	t.Run("ListPages", func(t *testing.T) { testListPages(t, newStore) })
 	t.Run("Force", func(t *testing.T) { testForce(t, newStore) })
 	t.Run("ForceNotifies", func(t *testing.T) { testForceNotifies(t, newStore) })
+	t.Run("DelayAfterExpiry", func(t *testing.T) { testDelayAfterExpiry(t, newStore) })
+	t.Run("DelayNotAfterRelease", func(t *testing.T) { testDelayNotAfterRelease(t, newStore) })
+	t.Run("DelayKeptByRefreshAndTransfer", func(t *testing.T) { testDelayKeptByRefreshAndTransfer(t, newStore) })
+	t.Run("DelayAfterForce", func(t *testing.T) { testDelayAfterForce(t, newStore) })
+	t.Run("DelayNotifies", func(t *testing.T) { testDelayNotifies(t, newStore) })
 }
 
 const ttl = 10 * time.Second
