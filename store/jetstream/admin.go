@@ -85,7 +85,7 @@ func (s *Store) List(ctx context.Context, prefix, cursor string, limit int) ([]s
 	}
 	var live []found
 	for key, st := range last {
-		if st.held && now.Before(st.end()) {
+		if st.held && !st.blocker() && now.Before(st.holderEnd()) {
 			live = append(live, found{key, st})
 		}
 	}
@@ -253,6 +253,15 @@ func (s *Store) readLast(ctx context.Context, filter string, leaderLast func(con
 func (s *Store) Force(ctx context.Context, key string) (store.Lease, error) {
 	var ended store.Lease
 	err := s.casLease(ctx, key, nil, func(st lockState) error {
+		if d := time.Duration(st.rec.Dms) * time.Millisecond; d > 0 {
+			// The lock-delay runs from now: a blocker in place of the lease.
+			if _, err := s.publish(ctx, s.blockerMsg(key, st, d, reasonForced)); err != nil {
+				return err
+			}
+			_, _ = s.readLock(ctx, key) // the hint, with the server's stored time
+			ended = st.lease()
+			return nil
+		}
 		m := s.releaseMsg(key, st)
 		m.Header.Set(reasonHeader, reasonForced)
 		ack, err := s.publish(ctx, m)

@@ -147,7 +147,7 @@ func (s *Store) recordMsg(key string, rec record, hdr nats.Header) *nats.Msg {
 
 func (s *Store) leaseMsg(key string, rec record, ttl time.Duration, expect uint64) *nats.Msg {
 	return s.recordMsg(key, rec, nats.Header{
-		natsjs.MsgTTLHeader:              {ttlHeader(ttl)},
+		natsjs.MsgTTLHeader:              {ttlHeader(msgTTL(ttl, rec))},
 		natsjs.ExpectedLastSubjSeqHeader: {strconv.FormatUint(expect, 10)},
 	})
 }
@@ -195,12 +195,31 @@ func (s *Store) checkValue(u store.Update) error {
 	return nil
 }
 
-func (s *Store) checkTTL(ttl time.Duration) error {
+func (s *Store) checkTTL(ttl, delay time.Duration) error {
 	if ttl <= 0 {
 		return fmt.Errorf("%w: TTL must be positive", store.ErrInvalid)
 	}
-	if longest := s.longest(); ttlSeconds(ttl) > longest {
+	if delay < 0 {
+		return fmt.Errorf("%w: lock-delay must not be negative", store.ErrInvalid)
+	}
+	longest := s.longest()
+	if ttlSeconds(ttl) > longest {
 		return fmt.Errorf("%w: TTL %s is longer than the bucket's longest lease %s (its marker TTL; raise --marker-ttl)", store.ErrInvalid, ttl, longest)
 	}
+	if ttlSeconds(ttl)+delaySeconds(delay) > longest {
+		return fmt.Errorf("%w: TTL %s plus lock-delay %s is longer than the bucket's longest lease %s (its marker TTL; raise --marker-ttl or shorten either)", store.ErrInvalid, ttl, delay, longest)
+	}
 	return nil
+}
+
+// blockerMsg replaces the lease st, which has ended or is being forced,
+// with a blocker that keeps key from everyone for left (rounded up to whole
+// seconds, never less), carrying the lease's token and label.
+func (s *Store) blockerMsg(key string, st lockState, left time.Duration, reason string) *nats.Msg {
+	rec := record{Holder: nobodyHash, Owner: st.rec.Owner, Token: st.token, TTLms: st.rec.TTLms, Dms: left.Milliseconds()}
+	return s.recordMsg(key, rec, nats.Header{
+		natsjs.MsgTTLHeader:              {ttlHeader(left)},
+		natsjs.ExpectedLastSubjSeqHeader: {strconv.FormatUint(st.seq, 10)},
+		reasonHeader:                     {reason},
+	})
 }

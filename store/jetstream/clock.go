@@ -111,34 +111,62 @@ func (s *Store) serverNow(ctx context.Context) (time.Time, error) {
 }
 
 // surelyLive reports whether the lease st describes is live by the clock
-// estimate with a margin to spare. False means "ask".
-func (s *Store) surelyLive(st lockState) bool {
+// estimate with a margin to spare (its message: see surelyBefore). False
+// means "ask".
+func (s *Store) surelyLive(st lockState) bool { return s.surelyBefore(st, st.end()) }
+
+// surelyHeld is surelyLive for the holder's part of the lease (without the
+// lock-delay).
+func (s *Store) surelyHeld(st lockState) bool { return s.surelyBefore(st, st.holderEnd()) }
+
+func (s *Store) surelyBefore(st lockState, end time.Time) bool {
 	if !st.held || st.stored.IsZero() {
 		return false
 	}
 	est, ok := s.clock.estimate()
-	return ok && est.Add(clockMargin).Before(st.end())
+	return ok && est.Add(clockMargin).Before(end)
 }
 
-// ended reports whether the lease st describes has ended by the server's
-// clock (always false for a removal). It asks the server unless the estimate
-// shows it live with a margin. st's stored time must be exact.
+// ended reports whether the lease message st describes has ended by the
+// server's clock (always false for a removal): the lease and its
+// lock-delay. It asks the server unless the estimate shows it live with a
+// margin. st's stored time must be exact.
 func (s *Store) ended(ctx context.Context, st lockState) (bool, error) {
+	return s.endedAt(ctx, st, st.end())
+}
+
+// holderEnded is ended for the holder's part of the lease: true in the
+// lock-delay after it, and for a blocker.
+func (s *Store) holderEnded(ctx context.Context, st lockState) (bool, error) {
+	return s.endedAt(ctx, st, st.holderEnd())
+}
+
+func (s *Store) endedAt(ctx context.Context, st lockState, end time.Time) (bool, error) {
 	if !st.held {
 		return false, nil
 	}
 	if !st.exact {
 		return false, fmt.Errorf("jetstream: internal error: lease end decided without the server's stored time")
 	}
-	if s.surelyLive(st) {
+	if s.surelyBefore(st, end) {
 		return false, nil
 	}
-	end := st.end()
 	now, err := s.serverNow(ctx)
 	if err != nil {
 		return false, err
 	}
 	return !now.Before(end), nil
+}
+
+// delayLeft is how long the lock-delay of st, whose holder's part has
+// ended, still runs by the clock estimate: at least 1ms (it has not ended
+// by the last look).
+func (s *Store) delayLeft(st lockState) time.Duration {
+	est, ok := s.clock.estimate()
+	if !ok {
+		return time.Millisecond
+	}
+	return max(st.end().Sub(est), time.Millisecond)
 }
 
 // reapMsg replaces a lease that has ended by the server's clock with an

@@ -84,7 +84,7 @@ func (s *Store) sendTimes() sent {
 // state is the lease this store just wrote at seq. Its stored time is only
 // a lower bound (not exact): enough to show it live, never that it ended.
 func (t sent) state(seq uint64, rec record, token uint64, ttl time.Duration) lockState {
-	return lockState{seq: seq, held: true, rec: rec, token: token, stored: t.server, ttl: ttlSeconds(ttl),
+	return lockState{seq: seq, held: true, rec: rec, token: token, stored: t.server, ttl: msgTTL(ttl, rec),
 		expires: t.local.Add(time.Duration(rec.TTLms) * time.Millisecond)}
 }
 
@@ -120,7 +120,7 @@ type objResult struct {
 // sequence, and the publish succeeds only if the subject was still at the
 // free (or ended) sequence we expected, which it was since we learnt of it.
 func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.AcquireOptions) (store.Grant, error) {
-	if err := s.checkTTL(opts.TTL); err != nil {
+	if err := s.checkTTL(opts.TTL, opts.Delay); err != nil {
 		return store.Grant{}, err
 	}
 	me := holderHash(lockID)
@@ -143,6 +143,13 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 			return store.Grant{}, err
 		}
 		if alive {
+			delayed, err := s.inDelay(ctx, key, cur)
+			if err != nil {
+				return store.Grant{}, err
+			}
+			if delayed {
+				return store.Grant{}, &store.LockedError{Key: key, Lease: cur.ended(), Delayed: true}
+			}
 			if !sameHolder(cur.rec.Holder, me) {
 				return store.Grant{}, &store.LockedError{Key: key, Lease: cur.lease()}
 			}
@@ -174,7 +181,7 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 				objc <- objResult{o, err}
 			}()
 		}
-		rec := record{Holder: me, Owner: opts.Owner, TTLms: opts.TTL.Milliseconds()}
+		rec := record{Holder: me, Owner: opts.Owner, TTLms: opts.TTL.Milliseconds(), Dms: delayMs(opts.Delay)}
 		sent := s.sendTimes()
 		ack, err := s.publish(ctx, s.leaseMsg(key, rec, opts.TTL, cur.seq))
 		if errors.Is(err, errWrongSeq) {
@@ -210,6 +217,46 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 	return store.Grant{}, &store.LockedError{Key: key, Lease: cur.lease()}
 }
 
+// delayMs is a lock-delay in whole milliseconds, rounded up.
+func delayMs(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + time.Millisecond - 1) / time.Millisecond)
+}
+
+// inDelay reports whether st, a lease message live by the server's clock
+// (read from the server), is in its lock-delay: a blocker, or a lease whose
+// holder's part has ended. Such a lease is replaced by a blocker first (see
+// block), so that no write of its holder lands from then on.
+func (s *Store) inDelay(ctx context.Context, key string, st lockState) (bool, error) {
+	if st.blocker() {
+		return true, nil
+	}
+	if st.rec.Dms <= 0 {
+		return false, nil
+	}
+	gone, err := s.holderEnded(ctx, st)
+	if err != nil || !gone {
+		return false, err
+	}
+	if err := s.block(ctx, key, st); err != nil && !errors.Is(err, errWrongSeq) {
+		return false, err
+	}
+	return true, nil
+}
+
+// block replaces the lease st, whose holder's part has ended, with a
+// blocker for the rest of its lock-delay (with a margin for the clock
+// estimate; rounded up to whole seconds).
+func (s *Store) block(ctx context.Context, key string, st lockState) error {
+	_, err := s.publish(ctx, s.blockerMsg(key, st, s.delayLeft(st)+250*time.Millisecond, reasonExpired))
+	if err == nil {
+		_, err = s.readLock(ctx, key) // the hint, with the server's stored time
+	}
+	return err
+}
+
 func (s *Store) releaseAfterFailure(key string, st lockState) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -220,9 +267,11 @@ func (s *Store) releaseAfterFailure(key string, st lockState) error {
 // held returns the live lease on key that me holds (me nil: whoever holds
 // it), trying the hint first when trustHint is set, or ErrNotHeld.
 func (s *Store) held(ctx context.Context, key string, me []byte, trustHint bool) (lockState, error) {
-	holds := func(st lockState) bool { return st.held && (me == nil || sameHolder(st.rec.Holder, me)) }
+	holds := func(st lockState) bool {
+		return st.held && !st.blocker() && (me == nil || sameHolder(st.rec.Holder, me))
+	}
 	if trustHint {
-		if h, ok := s.getHint(key); ok && holds(h) && s.surelyLive(h) {
+		if h, ok := s.getHint(key); ok && holds(h) && s.surelyHeld(h) {
 			return h, nil
 		}
 	}
@@ -239,6 +288,16 @@ func (s *Store) held(ctx context.Context, key string, me []byte, trustHint bool)
 	}
 	if !alive {
 		return lockState{}, store.ErrNotHeld
+	}
+	if st.rec.Dms > 0 {
+		// In the lock-delay the message is there but the lease is not.
+		gone, err := s.holderEnded(ctx, st)
+		if err != nil {
+			return lockState{}, err
+		}
+		if gone {
+			return lockState{}, store.ErrNotHeld
+		}
 	}
 	return st, nil
 }
@@ -287,11 +346,14 @@ func backoff(ctx context.Context, attempt int) error {
 
 // Refresh renews the lease with a new TTL, keeping its token.
 func (s *Store) Refresh(ctx context.Context, key, lockID string, ttl time.Duration) (store.Lease, error) {
-	if err := s.checkTTL(ttl); err != nil {
+	if err := s.checkTTL(ttl, 0); err != nil {
 		return store.Lease{}, err
 	}
 	var out store.Lease
 	err := s.casHeld(ctx, key, lockID, func(st lockState) error {
+		if err := s.checkTTL(ttl, time.Duration(st.rec.Dms)*time.Millisecond); err != nil {
+			return err
+		}
 		rec := st.rec
 		rec.Token = st.token
 		rec.TTLms = ttl.Milliseconds()
@@ -377,6 +439,20 @@ func (s *Store) Get(ctx context.Context, key string) (store.Info, error) {
 			if err != nil {
 				return store.Info{}, err
 			}
+			if !gone && st.rec.Dms > 0 && !st.blocker() {
+				// A lease in its lock-delay becomes a blocker before
+				// it is reported ended (as with reap below).
+				delayed, err := s.inDelay(ctx, key, st)
+				if err != nil {
+					return store.Info{}, err
+				}
+				if delayed {
+					continue
+				}
+			}
+			if !gone && st.blocker() {
+				return store.Info{Lease: st.ended(), Value: o.v, Delay: s.delayLeft(st)}, nil
+			}
 			if gone {
 				// The lease has ended by the server's clock, but its
 				// message is still there (the server's expiry pass
@@ -406,7 +482,7 @@ var _ store.Transferrer = (*Store)(nil)
 // fromID, who still holds the key, may write it; after it, only toID may,
 // and toID has not been told yet.
 func (s *Store) Transfer(ctx context.Context, key, fromID string, u store.Update, toID string, opts store.AcquireOptions) (store.Grant, error) {
-	if err := s.checkTTL(opts.TTL); err != nil {
+	if err := s.checkTTL(opts.TTL, opts.Delay); err != nil {
 		return store.Grant{}, err
 	}
 	if err := s.checkValue(u); err != nil {
@@ -414,7 +490,7 @@ func (s *Store) Transfer(ctx context.Context, key, fromID string, u store.Update
 	}
 	var g store.Grant
 	err := s.casHeld(ctx, key, fromID, func(st lockState) error {
-		rec := record{Holder: holderHash(toID), Owner: opts.Owner, TTLms: opts.TTL.Milliseconds()}
+		rec := record{Holder: holderHash(toID), Owner: opts.Owner, TTLms: opts.TTL.Milliseconds(), Dms: delayMs(opts.Delay)}
 		lease := s.leaseMsg(key, rec, opts.TTL, st.seq)
 		sent := s.sendTimes()
 		var (

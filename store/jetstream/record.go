@@ -22,12 +22,27 @@ const leaseHeader = "Lockservice-Lease"
 // reasonHeader says why a store wrote a release message other than for its
 // holder: "expired" when the lease had ended by the server's clock but was
 // still in the stream (see reap), which watchers report as an expiry;
-// "forced" when an operator ended it (Force), reported as a release.
+// "forced" when an operator ended it (Force), reported as a release. On a
+// blocker (see below) it says what ended the lease: "forced" (reported as
+// a release) or "expired" (nothing reported until the blocker's own end).
 const (
 	reasonHeader  = "Lockservice-Reason"
 	reasonExpired = "expired"
 	reasonForced  = "forced"
 )
+
+// Lock-delay. A lease with a delay (record.Dms) is one message whose
+// Nats-TTL is the lease's (whole seconds) plus the delay (whole seconds):
+// its holder's operations end at stored + the lease's part (by the
+// server's clock, as always), and nobody is granted the key until the
+// server removes the message, whose removal marker the watchers report as
+// the expiry. A blocker is a lease message held by nobody (holder
+// nobodyHash): it keeps the key from everyone until its Nats-TTL, and is
+// written in place of a lease that ended with time left in its delay, by
+// Force (the delay from then) and by Get (the rest of the delay), so that
+// no write of the old holder in flight lands after the lease was seen
+// ended.
+var nobodyHash = make([]byte, 16)
 
 // record is the lease record of a lease message (and of a release marker).
 type record struct {
@@ -35,6 +50,7 @@ type record struct {
 	Owner  string `msgpack:"o,omitempty"` // label
 	Token  uint64 `msgpack:"t,omitempty"` // 0: this message's own sequence
 	TTLms  int64  `msgpack:"l"`           // lease length granted
+	Dms    int64  `msgpack:"d,omitempty"` // lock-delay after the lease, ms
 }
 
 // lockState is what a lease subject's last message says.
@@ -62,8 +78,36 @@ type lockState struct {
 	watched bool
 }
 
-// end is when the server ends the lease, by the server's clock.
+// end is when the server removes the lease message, by the server's clock:
+// the lease's end plus its lock-delay.
 func (st lockState) end() time.Time { return st.stored.Add(st.ttl) }
+
+// blocker reports a lease message held by nobody: a lock-delay running
+// after its lease ended.
+func (st lockState) blocker() bool { return st.held && string(st.rec.Holder) == string(nobodyHash) }
+
+// holderEnd is when the holder's lease ends, by the server's clock: end
+// without the lock-delay (stored, for a blocker).
+func (st lockState) holderEnd() time.Time {
+	if st.blocker() {
+		return st.stored
+	}
+	return st.stored.Add(max(st.ttl-delaySeconds(time.Duration(st.rec.Dms)*time.Millisecond), 0))
+}
+
+// delaySeconds is a lock-delay rounded up to whole seconds (0 for none):
+// the part of a lease message's Nats-TTL after the lease.
+func delaySeconds(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	return ttlSeconds(d)
+}
+
+// msgTTL is the Nats-TTL of a lease message: the lease and its delay.
+func msgTTL(ttl time.Duration, rec record) time.Duration {
+	return ttlSeconds(ttl) + delaySeconds(time.Duration(rec.Dms)*time.Millisecond)
+}
 
 func holderHash(lockID string) []byte {
 	h := sha256.Sum256([]byte(lockID))
@@ -104,9 +148,16 @@ func parseTTL(v string) (time.Duration, bool) {
 
 func (st lockState) lease() store.Lease {
 	l := store.Lease{Token: st.token, TTL: time.Duration(st.rec.TTLms) * time.Millisecond, Owner: st.rec.Owner}
-	if st.held {
+	if st.held && !st.blocker() {
 		l.ExpiresAt = st.expires
 	}
+	return l
+}
+
+// ended is the lease of st once it has ended (no ExpiresAt).
+func (st lockState) ended() store.Lease {
+	l := st.lease()
+	l.ExpiresAt = time.Time{}
 	return l
 }
 

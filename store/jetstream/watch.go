@@ -339,7 +339,8 @@ func (s *Store) applyLocked(seq uint64, subj string, hdr nats.Header, stored tim
 		prev, had = s.w.before[key]
 	}
 	s.setHintLocked(key, st)
-	if st.held {
+	if st.held && !(st.blocker() && hdr.Get(reasonHeader) == reasonForced) {
+		// A lease, or a blocker after an expiry (reported at its end).
 		return store.Event{}, false
 	}
 	if replay && seq <= s.w.oldPos && !(had && prev.held && prev.seq != seq) {
