@@ -298,6 +298,19 @@ func WithTTL(d time.Duration) AcquireOption {
 	return func(o *acquireConfig) { o.req.TTLms = max(d.Milliseconds(), 1) }
 }
 
+// WithLockDelay sets the lease's lock-delay: if the lease expires or is
+// forced, nobody gets the key for d after its end (as Consul's
+// lock-delay), so a holder that was paused past its lease and resumes has
+// time to notice before anyone else acts on the key. A release hands the
+// key over at once. 0 turns off the service's default (--lock-delay);
+// without this option that default applies.
+func WithLockDelay(d time.Duration) AcquireOption {
+	return func(o *acquireConfig) {
+		ms := int64((max(d, 0) + time.Millisecond - 1) / time.Millisecond)
+		o.req.LockDelayMs = &ms
+	}
+}
+
 // WithOwnerLabel labels this lock for anyone who inspects it.
 func WithOwnerLabel(label string) AcquireOption {
 	return func(o *acquireConfig) { o.req.Owner = label }
@@ -585,6 +598,10 @@ type Info struct {
 	Owner     string
 	// Value is the state object, nil when there is none.
 	Value []byte
+	// Delay, when not Locked, is how long the lock-delay of the lease that
+	// expired or was forced (Token) still keeps everyone from taking the
+	// key; 0 when it can be taken now.
+	Delay time.Duration
 }
 
 // Get inspects key without taking it.
@@ -594,7 +611,8 @@ func (c *Client) Get(ctx context.Context, key string) (*Info, error) {
 		return nil, err
 	}
 	info := &Info{Key: resp.Key, Locked: resp.Locked, Token: resp.Token,
-		TTL: time.Duration(resp.TTLms) * time.Millisecond, Owner: resp.Owner}
+		TTL: time.Duration(resp.TTLms) * time.Millisecond, Owner: resp.Owner,
+		Delay: time.Duration(resp.DelayMs) * time.Millisecond}
 	if resp.HasValue {
 		info.Value = []byte(resp.Value)
 		if info.Value == nil {

@@ -316,6 +316,14 @@ func (s *Service) observeLocked(key string, ks *keyState, granted store.Lease, e
 // settleWatchersLocked answers the parked waits after a read of the key.
 func (s *Service) settleWatchersLocked(key string, ks *keyState, info store.Info, err error, n uint64, out *outcome) {
 	switch {
+	case err == nil && !info.Locked && info.Delay > 0:
+		// The lease ended but its lock-delay runs: a wait ends when the
+		// key can be taken. Notifier stores report the delay's end; for
+		// the others a timer looks again then.
+		for _, w := range ks.q.waits() {
+			s.lookedLocked(w)
+		}
+		s.watchLeaseLocked(key, info.Lease.Token, info.Delay)
 	case err == nil && !info.Locked:
 		if ks.expiring != 0 {
 			out.expired = append(out.expired, store.Event{Kind: store.Expired, Key: key, Token: ks.expiring})
@@ -531,7 +539,7 @@ func grantResponse(w *waiter, g store.Grant) api.AcquireResponse {
 	return api.AcquireResponse{
 		Acquired: true, Key: w.key, LockID: w.id, Token: g.Token,
 		TTLms: g.TTL.Milliseconds(), ExpiresAt: api.FormatTime(g.ExpiresAt),
-		Owner: g.Owner, Value: g.Value,
+		Owner: g.Owner, Value: g.Value, LockDelayMs: ceilMs(w.opts.Delay),
 	}
 }
 
@@ -543,8 +551,16 @@ func notAcquired(key string, le *store.LockedError) api.AcquireResponse {
 		resp.Owner = le.Lease.Owner
 		resp.Token = le.Lease.Token
 		resp.ExpiresAt = api.FormatTime(le.Lease.ExpiresAt)
+		if le.Delayed {
+			resp.DelayMs = max(ceilMs(le.ExpiresIn), 1)
+		}
 	}
 	return resp
+}
+
+// ceilMs is d in whole milliseconds, rounded up.
+func ceilMs(d time.Duration) int64 {
+	return int64((d + time.Millisecond - 1) / time.Millisecond)
 }
 
 // remaining is how long until l ends, at least 1ms (a lease reported as

@@ -167,6 +167,8 @@ func (s *Service) leaseDue(key string, lw *leaseWatch) {
 		lw.timer.Reset(time.Second) // look again
 	case info.Locked && info.Lease.Token == lw.token:
 		lw.timer.Reset(remaining(info.Lease) + 2*time.Millisecond) // refreshed
+	case !info.Locked && info.Delay > 0 && info.Lease.Token == lw.token:
+		lw.timer.Reset(info.Delay + 2*time.Millisecond) // expired: announced when the lock-delay ends
 	default:
 		delete(s.watches, key)
 		s.stats.expiredEvents.Add(1)

@@ -34,6 +34,13 @@ func (s *Service) acquire(r *request) {
 		s.reject(r, "acquire %q: %v", r.key, err)
 		return
 	}
+	delay := s.cfg.LockDelay
+	if req.LockDelayMs != nil {
+		if delay, err = duration("lock_delay_ms", *req.LockDelayMs, 0, s.cfg.MaxLockDelay); err != nil {
+			s.reject(r, "acquire %q: %v", r.key, err)
+			return
+		}
+	}
 	if req.LockID == "" {
 		req.LockID = newLockID()
 	} else if err := api.ValidateLockID(req.LockID); err != nil {
@@ -46,7 +53,7 @@ func (s *Service) acquire(r *request) {
 	}
 	s.admitAcquire(&waiter{
 		kind: acquireReq, r: r, key: r.key, id: req.LockID,
-		opts: store.AcquireOptions{TTL: ttl, Owner: req.Owner},
+		opts: store.AcquireOptions{TTL: ttl, Owner: req.Owner, Delay: delay},
 		// without a reply subject nobody can be told: never parked
 		blocking: wait > 0 && r.reply != "",
 		seq:      s.seq.Add(1), deadline: r.received.Add(wait), window: window,
@@ -223,6 +230,8 @@ func (s *Service) get(r *request) {
 		resp.TTLms = info.Lease.TTL.Milliseconds()
 		resp.ExpiresAt = api.FormatTime(info.Lease.ExpiresAt)
 		resp.Owner = info.Lease.Owner
+	} else if info.Delay > 0 {
+		resp.DelayMs = ceilMs(info.Delay)
 	}
 	s.respond(r, resp)
 }

@@ -39,6 +39,12 @@ type Config struct {
 	MaxTTL time.Duration
 	// MaxWait is the longest wait_ms accepted; default 10m.
 	MaxWait time.Duration
+	// LockDelay is the lock-delay of leases whose acquire gives none
+	// (lock_delay_ms absent): after such a lease expires or is forced,
+	// nobody gets the key for this long. Default 0 (none).
+	LockDelay time.Duration
+	// MaxLockDelay is the longest lock_delay_ms accepted; default 1m.
+	MaxLockDelay time.Duration
 	// MaxWaiters bounds the parked acquire and wait requests of this
 	// instance; more get 503. Default 100000.
 	MaxWaiters int
@@ -75,6 +81,7 @@ func (c *Config) SetDefaults() {
 	def(&c.DefaultTTL, 30*time.Second)
 	def(&c.MaxTTL, 10*time.Minute)
 	def(&c.MaxWait, 10*time.Minute)
+	def(&c.MaxLockDelay, time.Minute)
 	def(&c.StoreTimeout, 5*time.Second)
 	if c.MaxWaiters == 0 {
 		c.MaxWaiters = 100_000
@@ -108,6 +115,10 @@ func (c Config) Validate() error {
 		return errors.New("service: durations must not be negative")
 	case c.DefaultTTL > c.MaxTTL:
 		return fmt.Errorf("service: default TTL %v is longer than the max TTL %v", c.DefaultTTL, c.MaxTTL)
+	case c.LockDelay < 0 || c.MaxLockDelay < 0:
+		return fmt.Errorf("service: lock-delay %v and max lock-delay %v must not be negative", c.LockDelay, c.MaxLockDelay)
+	case c.LockDelay > c.MaxLockDelay:
+		return fmt.Errorf("service: lock-delay %v is longer than the max lock-delay %v", c.LockDelay, c.MaxLockDelay)
 	case c.MaxWaiters < 0 || c.MaxWaitersPerKey < 0 || c.MaxInflight < 0 || c.MaxValueBytes < 0:
 		return errors.New("service: limits must not be negative")
 	}

@@ -50,6 +50,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.svc.DefaultTTL, "default-ttl", 30*time.Second, "lease length when a request gives no ttl_ms")
 	fs.DurationVar(&c.svc.MaxTTL, "max-ttl", 10*time.Minute, "longest lease a request may ask for")
 	fs.DurationVar(&c.svc.MaxWait, "max-wait", 10*time.Minute, "longest wait_ms a request may ask for")
+	fs.DurationVar(&c.svc.LockDelay, "lock-delay", 0, "lock-delay of leases whose acquire gives no lock_delay_ms: after such a lease expires or is forced, nobody gets the key for this long (a release hands over at once); 0: none")
+	fs.DurationVar(&c.svc.MaxLockDelay, "max-lock-delay", time.Minute, "longest lock_delay_ms a request may ask for")
 	fs.IntVar(&c.svc.MaxWaiters, "max-waiters", 100_000, "parked acquire/wait requests per instance before 503")
 	fs.IntVar(&c.svc.MaxWaitersPerKey, "max-waiters-per-key", 10_000, "parked acquire/wait requests per key on an instance before 503")
 	fs.IntVar(&c.svc.MaxValueBytes, "max-value-bytes", 512<<10, "largest state object accepted")

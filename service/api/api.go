@@ -282,6 +282,11 @@ type AcquireRequest struct {
 	// subscription until the answer arrives or the lock id is given up.
 	// 0: no window (the request waits its whole wait_ms).
 	AliveMs int64 `json:"alive_ms,omitempty" msgpack:"alive_ms,omitempty"`
+	// LockDelayMs is the lease's lock-delay: if the lease expires or is
+	// forced, nobody is granted the key for this long after its end (a
+	// release hands it over at once). Absent: the service's default
+	// (--lock-delay); 0: none.
+	LockDelayMs *int64 `json:"lock_delay_ms,omitempty" msgpack:"lock_delay_ms,omitempty"`
 }
 
 // MinAlive and MaxAlive bound the liveness window (alive_ms).
@@ -321,6 +326,14 @@ type AcquireResponse struct {
 	Owner string `json:"owner,omitempty" msgpack:"owner,omitempty"`
 	// Value is the state object (acquired only).
 	Value Value `json:"value" msgpack:"value"`
+	// LockDelayMs is the lock-delay of the lease granted (acquired only;
+	// absent for none).
+	LockDelayMs int64 `json:"lock_delay_ms,omitempty" msgpack:"lock_delay_ms,omitempty"`
+	// DelayMs, when not acquired, is set while the key is in the
+	// lock-delay of a lease that expired or was forced (Token and Owner
+	// are that lease's): how long until it can be taken, by the store's
+	// clock (at least 1). Absent when the key is held.
+	DelayMs int64 `json:"delay_ms,omitempty" msgpack:"delay_ms,omitempty"`
 }
 
 // ReleaseRequest is the payload of <prefix>.release.<key>.
@@ -387,6 +400,10 @@ type GetResponse struct {
 	Owner     string `json:"owner,omitempty" msgpack:"owner,omitempty"`
 	HasValue  bool   `json:"has_value" msgpack:"has_value"`
 	Value     Value  `json:"value" msgpack:"value"`
+	// DelayMs, when not locked, is how long the lock-delay of the lease
+	// that expired or was forced (Token) still keeps everyone from taking
+	// the key; absent when it can be taken now.
+	DelayMs int64 `json:"delay_ms,omitempty" msgpack:"delay_ms,omitempty"`
 }
 
 // WaitRequest is the payload of <prefix>.wait.<key>.

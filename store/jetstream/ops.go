@@ -148,7 +148,7 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 				return store.Grant{}, err
 			}
 			if delayed {
-				return store.Grant{}, &store.LockedError{Key: key, Lease: cur.ended(), Delayed: true}
+				return store.Grant{}, &store.LockedError{Key: key, Lease: cur.ended(), Delayed: true, ExpiresIn: s.delayLeft(cur)}
 			}
 			if !sameHolder(cur.rec.Holder, me) {
 				return store.Grant{}, &store.LockedError{Key: key, Lease: cur.lease()}
