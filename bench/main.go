@@ -3,7 +3,7 @@
 // and github.com/go-redsync/redsync/v4, side by side in one run on one Redis
 // (issue 5):
 //
-//	go run ./cmd/lockbench -duration 5s
+//	cd bench && go run . -duration 5s
 //
 // It starts everything it needs on loopback: an embedded nats-server with
 // JetStream and a lockservice instance on it (prefix "lock"), a redis-server
