@@ -1,23 +1,17 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/lockservice/lockservice/embedded"
+	"github.com/lockservice/lockservice/internal/testsrv"
 	"github.com/lockservice/lockservice/service"
 	"github.com/lockservice/lockservice/service/api"
 	jsstore "github.com/lockservice/lockservice/store/jetstream"
@@ -34,7 +28,7 @@ type env struct {
 	redisSvc *service.Service // lockservice on Redis (prefix "lockr")
 	redisNC  *nats.Conn       // the Redis service's connection
 	storeRDB *goredis.Client  // the Redis store's client
-	redis    *redisProc       // nil with -redis-url
+	redis    *testsrv.Redis   // nil with -redis-url
 	redisOpt *goredis.Options // for peer clients
 	tempDir  string
 }
@@ -90,11 +84,11 @@ func setup(ctx context.Context, cfg *config, logf func(string, ...any)) (_ *env,
 
 	redisURL := cfg.redisURL
 	if redisURL == "" {
-		if e.redis, err = startRedis(ctx, filepath.Join(e.tempDir, "redis")); err != nil {
+		if e.redis, err = testsrv.LaunchRedis(filepath.Join(e.tempDir, "redis"), false); err != nil {
 			return nil, err
 		}
-		redisURL = "redis://" + e.redis.addr + "/0"
-		logf("redis-server pid %d at %s", e.redis.cmd.Process.Pid, e.redis.addr)
+		redisURL = "redis://" + e.redis.Addr + "/0"
+		logf("redis-server pid %d at %s", e.redis.Pid(), e.redis.Addr)
 	}
 	if e.redisOpt, err = goredis.ParseURL(redisURL); err != nil {
 		return nil, fmt.Errorf("-redis-url %q: %w", redisURL, err)
@@ -142,7 +136,7 @@ func (e *env) close() {
 		e.srv.Close()
 	}
 	if e.redis != nil {
-		e.redis.kill()
+		e.redis.Kill()
 	}
 	if e.tempDir != "" {
 		os.RemoveAll(e.tempDir)
@@ -160,102 +154,4 @@ func (e *env) natsConn(name string, opts ...nats.Option) (*nats.Conn, error) {
 func (e *env) peerRedis() *goredis.Client {
 	o := *e.redisOpt
 	return goredis.NewClient(&o)
-}
-
-// redisProc is a redis-server process started by lockbench.
-type redisProc struct {
-	addr string
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  string // path of its log file
-}
-
-// startRedis runs redis-server without persistence on a free loopback port
-// and waits until it answers PING.
-func startRedis(ctx context.Context, dir string) (*redisProc, error) {
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		return nil, errors.New("redis-server not found in PATH: install it (apt-get install -y redis-server) or pass -redis-url")
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
-		port, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		p := &redisProc{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), done: make(chan struct{}),
-			log: filepath.Join(dir, "redis.log")}
-		logf, err := os.Create(p.log)
-		if err != nil {
-			return nil, err
-		}
-		p.cmd = exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-			"--save", "", "--appendonly", "no", "--dir", dir)
-		p.cmd.Stdout, p.cmd.Stderr = logf, logf
-		err = p.cmd.Start()
-		logf.Close() // the child has its own descriptor
-		if err != nil {
-			return nil, fmt.Errorf("redis-server: %w", err)
-		}
-		go func() { _ = p.cmd.Wait(); close(p.done) }()
-		if lastErr = p.waitReady(ctx); lastErr == nil {
-			return p, nil
-		}
-		p.kill()
-		if !strings.Contains(p.logTail(), "in use") {
-			break
-		}
-	}
-	return nil, fmt.Errorf("redis-server: %w", lastErr)
-}
-
-func (p *redisProc) waitReady(ctx context.Context) error {
-	c := goredis.NewClient(&goredis.Options{Addr: p.addr, MaxRetries: -1, DialTimeout: time.Second})
-	defer c.Close()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		select {
-		case <-p.done:
-			return fmt.Errorf("exited before answering PING: %s", p.logTail())
-		default:
-		}
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		err := c.Ping(pctx).Err()
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("no answer to PING within 15s: %w", err)
-		}
-		time.Sleep(10 * time.Millisecond) // polling a new process: nothing to wait on
-	}
-}
-
-func (p *redisProc) logTail() string {
-	b, _ := os.ReadFile(p.log)
-	if len(b) > 2000 {
-		b = b[len(b)-2000:]
-	}
-	return string(bytes.TrimSpace(b))
-}
-
-func (p *redisProc) kill() {
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }

@@ -36,7 +36,7 @@ func (b *bench) measure() memSample {
 		goroutines: runtime.NumGoroutine(),
 	}
 	if b.env.redis != nil {
-		m.redisRSS = procStatusKB(fmt.Sprintf("/proc/%d/status", b.env.redis.cmd.Process.Pid), "VmRSS") << 10
+		m.redisRSS = procStatusKB(fmt.Sprintf("/proc/%d/status", b.env.redis.Pid()), "VmRSS") << 10
 	}
 	return m
 }

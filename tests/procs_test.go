@@ -186,15 +186,7 @@ func (p *proc) starts() int {
 	return p.nstart
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
+func freePort(t testing.TB) int { return testsrv.FreePort(t) }
 
 // proxy is the fault tests' TCP proxy (partitions, failovers).
 type proxy = testsrv.Proxy

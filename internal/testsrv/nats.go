@@ -4,7 +4,6 @@ package testsrv
 
 import (
 	"fmt"
-	"net"
 	"testing"
 	"time"
 
@@ -86,10 +85,18 @@ func NATSUsers(t testing.TB, denySub map[string][]string) (*server.Server, map[s
 // FreePort returns a loopback TCP port that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := FreePortErr()
 	if err != nil {
-		t.Fatalf("free port: %v", err)
+		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return port
+}
+
+// FreePortErr is FreePort without a test.
+func FreePortErr() (int, error) {
+	port, err := listenFree(0)
+	if err != nil {
+		return 0, fmt.Errorf("free port: %w", err)
+	}
+	return port, nil
 }

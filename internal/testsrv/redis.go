@@ -52,13 +52,12 @@ func StartRedis(t testing.TB, args ...string) *Redis {
 	return startRedis(t, false, args)
 }
 
-func redisBinary(t testing.TB) string {
-	t.Helper()
+func redisBinary() (string, error) {
 	path, err := exec.LookPath("redis-server")
 	if err != nil {
-		t.Fatalf("redis-server not found in PATH; install it (apt-get install -y redis-server) — Redis tests are never skipped")
+		return "", fmt.Errorf("redis-server not found in PATH; install it (apt-get install -y redis-server) — Redis tests are never skipped")
 	}
-	return path
+	return path, nil
 }
 
 func hasArg(args []string, name string) bool {
@@ -72,13 +71,33 @@ func hasArg(args []string, name string) bool {
 
 func startRedis(t testing.TB, cluster bool, extra []string) *Redis {
 	t.Helper()
-	bin := redisBinary(t)
 	dir := t.TempDir()
-	r := &Redis{dir: dir}
+	r, err := LaunchRedis(dir, cluster, extra...)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { r.Kill() }) // registered after TempDir: runs before its removal
+	return r
+}
+
+// LaunchRedis is StartRedis without a test: the server's files go to dir
+// (created if needed), and the caller kills it. cluster starts it as a
+// Redis Cluster node. Programs other than tests (lockbench) use it.
+func LaunchRedis(dir string, cluster bool, extra ...string) (*Redis, error) {
+	bin, err := redisBinary()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	r := &Redis{dir: dir}
 	const attempts = 5
 	for attempt := 1; ; attempt++ {
-		port := freePort(t, cluster)
+		port, err := freePortPair(cluster)
+		if err != nil {
+			return nil, err
+		}
 		r.port = port
 		r.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		r.args = []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1"}
@@ -96,23 +115,22 @@ func startRedis(t testing.TB, cluster bool, extra []string) *Redis {
 				"--cluster-config-file", filepath.Join(dir, "nodes.conf"))
 		}
 		r.args = append(r.args, extra...)
-		err := r.start(t, bin)
+		err = r.start(bin)
 		if err == nil {
-			return r
+			return r, nil
 		}
 		// Another process may have taken the port between our probe and
 		// the server's bind: try another one.
 		if attempt < attempts && strings.Contains(err.Error(), "in use") {
 			continue
 		}
-		t.Fatalf("redis-server %s: %v", strings.Join(r.args, " "), err)
+		return nil, fmt.Errorf("redis-server %s: %w", strings.Join(r.args, " "), err)
 	}
 }
 
 // start runs the process and waits for PING; on failure the process is
 // gone and the error includes the end of its log.
-func (r *Redis) start(t testing.TB, bin string) error {
-	t.Helper()
+func (r *Redis) start(bin string) error {
 	logPath := filepath.Join(r.dir, "redis.log")
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -135,13 +153,7 @@ func (r *Redis) start(t testing.TB, bin string) error {
 	r.proc = p
 	r.mu.Unlock()
 
-	logTail := func() string {
-		b, _ := os.ReadFile(logPath)
-		if len(b) > 2000 {
-			b = b[len(b)-2000:]
-		}
-		return string(bytes.TrimSpace(b))
-	}
+	logTail := r.LogTail
 	c := goredis.NewClient(&goredis.Options{
 		Addr: r.Addr, MaxRetries: -1, DialTimeout: time.Second,
 		ReadTimeout: time.Second, WriteTimeout: time.Second, PoolSize: 1,
@@ -190,10 +202,41 @@ func (r *Redis) Kill() {
 // persistence (the default) it comes back empty.
 func (r *Redis) Restart(t testing.TB) {
 	t.Helper()
-	r.Kill()
-	if err := r.start(t, redisBinary(t)); err != nil {
-		t.Fatalf("restart redis-server %s: %v", strings.Join(r.args, " "), err)
+	if err := r.RestartErr(); err != nil {
+		t.Fatal(err)
 	}
+}
+
+// RestartErr is Restart without a test.
+func (r *Redis) RestartErr() error {
+	r.Kill()
+	bin, err := redisBinary()
+	if err == nil {
+		err = r.start(bin)
+	}
+	if err != nil {
+		return fmt.Errorf("restart redis-server %s: %w", strings.Join(r.args, " "), err)
+	}
+	return nil
+}
+
+// Pid is the process id of the running server, 0 when it is killed.
+func (r *Redis) Pid() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.proc == nil {
+		return 0
+	}
+	return r.proc.cmd.Process.Pid
+}
+
+// LogTail returns the end of the server's log.
+func (r *Redis) LogTail() string {
+	b, _ := os.ReadFile(filepath.Join(r.dir, "redis.log"))
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(bytes.TrimSpace(b))
 }
 
 // Client returns a client of the server, closed at cleanup.
@@ -279,28 +322,26 @@ func ClusterClient(t testing.TB, addrs []string) *goredis.ClusterClient {
 	return c
 }
 
-// freePort returns a loopback TCP port that was free a moment ago. For
+// freePortPair returns a loopback TCP port that was free a moment ago. For
 // cluster nodes the port is below 55535 and its cluster bus port (+10000)
 // is free too.
-func freePort(t testing.TB, cluster bool) int {
-	t.Helper()
+func freePortPair(cluster bool) (int, error) {
 	for i := 0; i < 100; i++ {
 		port, err := listenFree(0)
 		if err != nil {
-			t.Fatalf("find a free port: %v", err)
+			return 0, fmt.Errorf("find a free port: %w", err)
 		}
 		if !cluster {
-			return port
+			return port, nil
 		}
 		if port >= 55535 {
 			continue
 		}
 		if _, err := listenFree(port + 10000); err == nil {
-			return port
+			return port, nil
 		}
 	}
-	t.Fatalf("no free port pair (port, port+10000) below 55535 after 100 tries")
-	return 0
+	return 0, fmt.Errorf("no free port pair (port, port+10000) below 55535 after 100 tries")
 }
 
 // listenFree listens on 127.0.0.1:port (0 = any), closes and returns the port.
