@@ -75,6 +75,7 @@ type config struct {
 	ttl              time.Duration
 	expiryTTL        time.Duration
 	expiryRounds     int
+	expiryBusy       int
 	scaleLocks       int
 	scaleWaiters     int
 	scaleTimeout     time.Duration
@@ -123,6 +124,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.ttl, "ttl", 10*time.Second, "lease of every acquire except scenario 4's holder (redsync keeps its default 8s)")
 	fs.DurationVar(&c.expiryTTL, "expiry-ttl", 1500*time.Millisecond, "scenario 4: the dying holder's lease (JetStream rounds it up to whole seconds)")
 	fs.IntVar(&c.expiryRounds, "expiry-rounds", 3, "scenario 4: rounds per target, one at a time and then at once (97 ms apart) on distinct keys")
+	fs.IntVar(&c.expiryBusy, "expiry-busy", 100, "scenario 4: leases of 1s taken per second and left to expire during the busy-bucket rounds (0: skip them)")
 	fs.IntVar(&c.scaleLocks, "scale-locks", 100_000, "scenario 5: locks held")
 	fs.IntVar(&c.scaleWaiters, "scale-waiters", 10_000, "scenario 5: parked waiters (on distinct held keys)")
 	fs.DurationVar(&c.scaleTimeout, "scale-timeout", 3*time.Minute, "scenario 5: bound on each target's run")

@@ -14,7 +14,7 @@ func TestRunShort(t *testing.T) {
 	args := []string{
 		"-duration", "300ms", "-scenarios", "1,2,3,4,5",
 		"-clients", "4", "-hot-clients", "3",
-		"-expiry-ttl", "1s", "-expiry-rounds", "1",
+		"-expiry-ttl", "1s", "-expiry-rounds", "1", "-expiry-busy", "20",
 		"-scale-locks", "300", "-scale-waiters", "30",
 	}
 	if err := run(t.Context(), args, &out, &errOut); err != nil {
