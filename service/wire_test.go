@@ -103,6 +103,9 @@ func checkDecode(t *testing.T, data []byte, useMsgpack bool) {
 		rv := reflect.ValueOf(v).Elem()
 		for i := range rv.NumField() {
 			f := rv.Field(i)
+			if f.Kind() == reflect.Pointer && !f.IsNil() {
+				f = f.Elem()
+			}
 			if !f.CanInt() || f.Int() >= 0 {
 				continue
 			}
@@ -144,7 +147,11 @@ func TestDecodeIntegerFields(t *testing.T) {
 		rt := reflect.TypeOf(v).Elem()
 		for i := range rt.NumField() {
 			f := rt.Field(i)
-			switch f.Type.Kind() {
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer { // an optional field: nil when absent
+				ft = ft.Elem()
+			}
+			switch ft.Kind() {
 			case reflect.Int, reflect.Int64, reflect.Int32:
 			case reflect.Uint, reflect.Uint64, reflect.Uint32, reflect.Uint16, reflect.Uint8:
 				t.Errorf("%s.%s is unsigned: int64Field assumes every request integer is signed", rt.Name(), f.Name)
@@ -171,13 +178,14 @@ func TestDecodeIntegerFields(t *testing.T) {
 			data, _ := msgpack.Marshal(map[string]uint64{name: math.MaxInt64})
 			r := &request{data: data, msgpack: true}
 			pv := reflect.New(rt)
-			if err := r.decode(pv.Interface()); err != nil || pv.Elem().Field(i).Int() != math.MaxInt64 {
-				t.Errorf("msgpack %s{%s: MaxInt64}: decode = %v, field %d", rt.Name(), name, err, pv.Elem().Field(i).Int())
+			fv := pv.Elem().Field(i)
+			if err := r.decode(pv.Interface()); err != nil || reflect.Indirect(fv).Int() != math.MaxInt64 {
+				t.Errorf("msgpack %s{%s: MaxInt64}: decode = %v, field %v", rt.Name(), name, err, reflect.Indirect(fv))
 			}
 		}
 	}
-	if n < 7 { // ttl_ms, wait_ms, alive_ms (acquire), ttl_ms (refresh), wait_ms, alive_ms (wait), limit (list)
-		t.Errorf("found %d integer request fields, want at least 7", n)
+	if n < 8 { // ttl_ms, wait_ms, alive_ms, lock_delay_ms (acquire), ttl_ms (refresh), wait_ms, alive_ms (wait), limit (list)
+		t.Errorf("found %d integer request fields, want at least 8", n)
 	}
 }
 

@@ -106,6 +106,7 @@ func TestWireRulesOverNATS(t *testing.T) {
 	}{
 		{"lock.acquire." + free, map[string]any{"ttl_ms": uint64(math.MaxUint64)}, `acquire "` + free + `": malformed msgpack payload: ttl_ms 18446744073709551615 is out of range`},
 		{"lock.acquire." + free, map[string]any{"wait_ms": uint64(1 << 63)}, "wait_ms 9223372036854775808 is out of range"},
+		{"lock.acquire." + free, map[string]any{"lock_delay_ms": uint64(math.MaxUint64)}, "lock_delay_ms 18446744073709551615 is out of range"},
 		{"lock.refresh." + key, map[string]any{"lock_id": id, "ttl_ms": uint64(math.MaxUint64)}, "ttl_ms 18446744073709551615 is out of range"},
 		{"lock.wait." + key, map[string]any{"alive_ms": uint64(math.MaxUint64)}, "alive_ms 18446744073709551615 is out of range"},
 		{"lock.admin.list", map[string]any{"limit": uint64(math.MaxUint64)}, "limit 18446744073709551615 is out of range"},
