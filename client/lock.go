@@ -10,7 +10,17 @@ import (
 	"github.com/lockservice/lockservice/service/api"
 )
 
-// Lock is a held lock. Its methods are safe for concurrent use.
+// Lock is a held lock. Its methods are safe for concurrent use, also with
+// the keep-alive's renewals running (WithKeepAlive): Refresh, Write,
+// Deadline, TTL, Done, Err and the releasing methods may be called from any
+// goroutine. When refreshes overlap, Deadline follows the one sent last
+// that succeeded.
+//
+// State values: a nil value means "no new state" and a non-nil empty value
+// means "an empty state". ReleaseWith(ctx, nil) releases keeping the state,
+// as Release does; ReleaseWith(ctx, []byte{}) and Write(ctx, []byte{})
+// write an empty state; Write(ctx, nil) has nothing to write and returns
+// an error matching ErrBadRequest.
 //
 // A Lock ends when the caller releases it (Release, ReleaseWith, Delete),
 // when its lease is lost, or when the cap of WithMaxHold is reached: Done
@@ -155,14 +165,15 @@ func (l *Lock) Release(ctx context.Context) error { return l.release(ctx, nil) }
 
 // ReleaseWith writes value as the new state and releases the lock, in one
 // atomic step: if the lease was lost it returns ErrNotHeld and nothing is
-// written. It ends the lock and stops its keep-alive first, as Release.
+// written. A nil value writes nothing (ReleaseWith is then Release); an
+// empty one writes an empty state. It ends the lock and stops its
+// keep-alive first, as Release.
 func (l *Lock) ReleaseWith(ctx context.Context, value []byte) error {
-	if value == nil {
-		value = []byte{}
-	}
 	return l.release(ctx, value)
 }
 
+// release releases the lock, writing value as the new state unless it is
+// nil (an absent value: the state is kept).
 func (l *Lock) release(ctx context.Context, value []byte) error {
 	l.finish(fmt.Errorf("%w: %q", ErrReleased, l.key))
 	l.stopRenewing()
@@ -206,11 +217,13 @@ func (l *Lock) Refresh(ctx context.Context, ttl time.Duration) error {
 	return nil
 }
 
-// Write replaces the state while keeping the lock. ErrNotHeld when the
-// lease was lost (nothing written); the lock then ends (Done).
+// Write replaces the state with value while keeping the lock; an empty
+// value writes an empty state. ErrNotHeld when the lease was lost (nothing
+// written); the lock then ends (Done). A nil value is an error matching
+// ErrBadRequest, and nothing is sent: nil means "no new state" (see Lock).
 func (l *Lock) Write(ctx context.Context, value []byte) error {
 	if value == nil {
-		value = []byte{}
+		return fmt.Errorf("client: write %q: %w: the value is nil, which means no new state; write []byte{} for an empty state", l.key, ErrBadRequest)
 	}
 	var resp api.WriteResponse
 	err := l.c.call(ctx, api.OpWrite, l.key, api.WriteRequest{LockID: l.id, Value: value}, &resp)

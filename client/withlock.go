@@ -9,7 +9,10 @@ import (
 
 // WithLock acquires key (waiting as Acquire does), calls fn with the current
 // state (nil when there is none) and writes fn's result as the new state
-// while releasing, atomically. The result is the state written.
+// while releasing, atomically. A callback that returns nil keeps the state
+// as it was (nothing is written); one that returns an empty non-nil slice
+// writes an empty state. The result is the state the key has after the
+// release: fn's result, or the state fn was given when fn returned nil.
 //
 // The lock is kept alive while fn runs (WithKeepAlive; WithoutKeepAlive
 // turns that off), and the ctx passed to fn is cancelled as soon as the
@@ -65,13 +68,13 @@ func (c *Client) WithLock(ctx context.Context, key string, fn func(ctx context.C
 			return nil, fmt.Errorf("client: with lock %q: %w", key, ended)
 		}
 	}
-	if out == nil {
-		out = []byte{}
-	}
-	err = l.ReleaseWith(rctx, out)
+	err = l.ReleaseWith(rctx, out) // nil: released keeping the state
 	released = true
 	if err != nil {
 		return nil, fmt.Errorf("client: with lock %q: %w", key, err)
+	}
+	if out == nil {
+		return l.Value(), nil
 	}
 	return out, nil
 }

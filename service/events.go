@@ -28,6 +28,12 @@ import (
 //     wakes the key.
 
 // onEvent handles the released and expired events of other instances.
+// Anyone who may publish on the event subjects can forge them, so an event
+// is only ever a wake-up: it makes the parked requests look at the store,
+// which alone decides. A released event never drops the timer at the end
+// of the lease that requests parked here wait for (a forged one would
+// leave them parked until their wait_ms); without parked requests it drops
+// the timer, so that no expired event is published for a released lease.
 func (s *Service) onEvent(m *nats.Msg) {
 	if m.Header.Get(api.InstanceHeader) == s.id {
 		return
@@ -42,7 +48,13 @@ func (s *Service) onEvent(m *nats.Msg) {
 	}
 	if key, ok := cutPrefix(rest, api.EventReleased+"."); ok {
 		s.mu.Lock()
-		s.unwatchLeaseLocked(key)
+		if ks := s.keys[key]; ks != nil && ks.q.len() > 0 {
+			if lw := s.watches[key]; lw != nil {
+				lw.released = true
+			}
+		} else {
+			s.unwatchLeaseLocked(key)
+		}
 		s.mu.Unlock()
 		if m.Header.Get(api.HandedOffHeader) == "" { // handed off: still locked
 			s.onRelease(key)
@@ -108,6 +120,10 @@ func (s *Service) released(key string) {
 type leaseWatch struct {
 	token uint64
 	timer *time.Timer
+	// released: a released event named the key since the timer was set, so
+	// the lease may have been released rather than expired; no expired
+	// event is published for it unless the store still shows it held.
+	released bool
 }
 
 // watchLeaseLocked sets the timer for the lease with token on key, ending
@@ -144,7 +160,9 @@ func (s *Service) leaseDue(key string, lw *leaseWatch) {
 	}
 	if ks := s.keys[key]; ks != nil && ks.q.len() > 0 {
 		delete(s.watches, key)
-		ks.expiring = lw.token
+		if !lw.released {
+			ks.expiring = lw.token
+		}
 		s.wakeLocked(key, ks)
 		s.mu.Unlock()
 		return
@@ -166,9 +184,16 @@ func (s *Service) leaseDue(key string, lw *leaseWatch) {
 		s.countStoreError(err)
 		lw.timer.Reset(time.Second) // look again
 	case info.Locked && info.Lease.Token == lw.token:
-		lw.timer.Reset(remaining(info.Lease) + 2*time.Millisecond) // refreshed
+		// Refreshed, or never released (a released event was false).
+		lw.released = false
+		lw.timer.Reset(remaining(info.Lease) + 2*time.Millisecond)
 	case !info.Locked && info.Delay > 0 && info.Lease.Token == lw.token:
-		lw.timer.Reset(info.Delay + 2*time.Millisecond) // expired: announced when the lock-delay ends
+		// Expired, not released (a release has no lock-delay): announced
+		// when the lock-delay ends.
+		lw.released = false
+		lw.timer.Reset(info.Delay + 2*time.Millisecond)
+	case lw.released:
+		delete(s.watches, key)
 	default:
 		delete(s.watches, key)
 		s.stats.expiredEvents.Add(1)

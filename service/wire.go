@@ -5,10 +5,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"sync"
 	"time"
@@ -132,13 +134,15 @@ func (s *Service) worker(job func()) {
 }
 
 // decode reads the payload into v: msgpack or JSON, unknown fields rejected.
-// An empty payload leaves v at its zero value.
+// An empty payload leaves v at its zero value. A msgpack payload must be one
+// map (or nil): the decoder would also fill a struct from an array of its
+// fields in order.
 func (r *request) decode(v any) error {
 	if len(bytes.TrimSpace(r.data)) == 0 {
 		return nil
 	}
 	if r.msgpack {
-		if err := mpcheck.Check(r.data); err != nil {
+		if err := mpcheck.Map(r.data, int64Field); err != nil {
 			return fmt.Errorf("malformed msgpack payload: %v", err)
 		}
 		dec := msgpack.NewDecoder(bytes.NewReader(r.data))
@@ -155,6 +159,18 @@ func (r *request) decode(v any) error {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return errors.New("malformed JSON payload: more than one JSON value")
+	}
+	return nil
+}
+
+// int64Field refuses a msgpack request field holding an unsigned integer
+// above the int64 range, naming the value sent: every integer field of a
+// request is signed, and the decoder would read 2^64-1 as -1.
+func int64Field(key string, v []byte) error {
+	if len(v) == 9 && v[0] == 0xcf { // uint64
+		if u := binary.BigEndian.Uint64(v[1:]); u > math.MaxInt64 {
+			return fmt.Errorf("%s %d is out of range (request integers are signed 64-bit; the field's limit is in docs/PROTOCOL.md)", key, u)
+		}
 	}
 	return nil
 }

@@ -10,6 +10,8 @@ import (
 // MaxDepth is how deeply arrays and maps may nest in a checked value.
 const MaxDepth = 32
 
+var errShort = errors.New("a length runs past the end of the payload")
+
 // Check walks one msgpack value and checks that every length it
 // declares (strings, binaries, extensions, array and map sizes) fits in the
 // bytes that follow, that arrays and maps nest at most MaxDepth deep, and
@@ -18,19 +20,136 @@ const MaxDepth = 32
 // otherwise cost a megabyte; and it skips unknown fields recursively, so a
 // 60 KiB value nested 47 000 deep grew a goroutine's stack by 8 MB.
 func Check(b []byte) error {
-	short := errors.New("a length runs past the end of the payload")
-	size := func(k int) (int, error) { // a big-endian length of k bytes
-		if len(b) < k {
-			return 0, short
+	n, err := valueLen(b, MaxDepth)
+	if err != nil {
+		return err
+	}
+	if n < len(b) {
+		return fmt.Errorf("%d bytes after the value", len(b)-n)
+	}
+	return nil
+}
+
+// Map checks b as Check does, and that its value is a map whose keys are
+// strings, or nil (no entries): the shape of a request. It calls field for
+// each entry in order, with the key and the encoded bytes of its value
+// (one whole msgpack value, already checked); an error from field stops the
+// walk and is returned as it is.
+func Map(b []byte, field func(key string, value []byte) error) error {
+	if len(b) == 0 {
+		return errors.New("payload ends early")
+	}
+	var n, p int
+	switch c := b[0]; {
+	case c == 0xc0: // nil: no entries
+		p = 1
+	case c >= 0x80 && c <= 0x8f: // fixmap
+		n, p = int(c&0x0f), 1
+	case c == 0xde: // map16
+		if len(b) < 3 {
+			return errShort
 		}
-		n := 0
-		for _, c := range b[:k] {
+		n, p = int(b[1])<<8|int(b[2]), 3
+	case c == 0xdf: // map32
+		if len(b) < 5 {
+			return errShort
+		}
+		for _, c := range b[1:5] {
 			n = n<<8 | int(c)
 			if n > len(b) {
-				return 0, short
+				return errShort
 			}
 		}
-		b = b[k:]
+		p = 5
+	default:
+		return fmt.Errorf("a request is one msgpack map of field names to values, got %s", kind(c))
+	}
+	if n > (len(b)-p)/2 {
+		return errShort // each key and each value takes at least a byte
+	}
+	for range n {
+		k, err := valueLen(b[p:], MaxDepth-1)
+		if err != nil {
+			return err
+		}
+		key, ok := str(b[p : p+k])
+		if !ok {
+			return fmt.Errorf("map keys must be msgpack strings (field names), got %s", kind(b[p]))
+		}
+		p += k
+		v, err := valueLen(b[p:], MaxDepth-1)
+		if err != nil {
+			return err
+		}
+		if err := field(key, b[p:p+v]); err != nil {
+			return err
+		}
+		p += v
+	}
+	if p < len(b) {
+		return fmt.Errorf("%d bytes after the value", len(b)-p)
+	}
+	return nil
+}
+
+// str returns the string that b, one checked msgpack value, encodes, if it
+// is a str.
+func str(b []byte) (string, bool) {
+	switch c := b[0]; {
+	case c >= 0xa0 && c <= 0xbf:
+		return string(b[1:]), true
+	case c == 0xd9:
+		return string(b[2:]), true
+	case c == 0xda:
+		return string(b[3:]), true
+	case c == 0xdb:
+		return string(b[5:]), true
+	}
+	return "", false
+}
+
+// kind names the type of the msgpack value that starts with code c.
+func kind(c byte) string {
+	switch {
+	case c <= 0x7f || c >= 0xe0, c >= 0xcc && c <= 0xd3:
+		return "an integer"
+	case c <= 0x8f, c == 0xde, c == 0xdf:
+		return "a map"
+	case c <= 0x9f, c == 0xdc, c == 0xdd:
+		return "an array"
+	case c <= 0xbf, c >= 0xd9 && c <= 0xdb:
+		return "a str"
+	case c == 0xc0:
+		return "nil"
+	case c == 0xc2, c == 0xc3:
+		return "a bool"
+	case c >= 0xc4 && c <= 0xc6:
+		return "a bin"
+	case c == 0xca, c == 0xcb:
+		return "a float"
+	case c >= 0xc7 && c <= 0xc9, c >= 0xd4 && c <= 0xd8:
+		return "an ext"
+	}
+	return fmt.Sprintf("the invalid code 0x%02x", c)
+}
+
+// valueLen walks the msgpack value at the start of b, checking its declared
+// lengths and that it nests at most maxDepth deep, and returns its length
+// in bytes.
+func valueLen(b []byte, maxDepth int) (int, error) {
+	p := 0
+	size := func(k int) (int, error) { // a big-endian length of k bytes
+		if len(b)-p < k {
+			return 0, errShort
+		}
+		n := 0
+		for _, c := range b[p : p+k] {
+			n = n<<8 | int(c)
+			if n > len(b) {
+				return 0, errShort
+			}
+		}
+		p += k
 		return n, nil
 	}
 	pending := []int{1} // values still to read in each open array or map
@@ -40,11 +159,11 @@ func Check(b []byte) error {
 			pending = pending[:top]
 			continue
 		}
-		if len(b) == 0 {
-			return errors.New("payload ends early")
+		if p == len(b) {
+			return 0, errors.New("payload ends early")
 		}
-		c := b[0]
-		b = b[1:]
+		c := b[p]
+		p++
 		pending[top]--
 		var skip, items int
 		var err error
@@ -80,27 +199,24 @@ func Check(b []byte) error {
 		case c == 0xdd, c == 0xdf: // array32, map32
 			items, err = size(4)
 		default: // 0xc1, never used
-			return fmt.Errorf("invalid code 0x%02x", c)
+			return 0, fmt.Errorf("invalid code 0x%02x", c)
 		}
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if c == 0xde || c == 0xdf {
 			items *= 2
 		}
-		if skip > len(b) || items > len(b) {
-			return short // each item takes at least a byte
+		if skip > len(b)-p || items > len(b)-p {
+			return 0, errShort // each item takes at least a byte
 		}
-		b = b[skip:]
+		p += skip
 		if items > 0 {
-			if len(pending) > MaxDepth {
-				return fmt.Errorf("arrays and maps nest more than %d deep", MaxDepth)
+			if len(pending) > maxDepth {
+				return 0, fmt.Errorf("arrays and maps nest more than %d deep", MaxDepth)
 			}
 			pending = append(pending, items)
 		}
 	}
-	if len(b) > 0 {
-		return fmt.Errorf("%d bytes after the value", len(b))
-	}
-	return nil
+	return p, nil
 }

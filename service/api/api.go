@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/vmihailenco/msgpack/v5"
 	"github.com/vmihailenco/msgpack/v5/msgpcode"
@@ -196,25 +197,46 @@ func ValidateLockID(id string) error {
 }
 
 // Value is a state object on the wire. nil means "no value" (or, in a
-// request, "leave the state unchanged"). In JSON it is any JSON value, kept
-// byte for byte; in msgpack it is a bin. A state that is not valid JSON
-// (written through msgpack) reads in JSON as {"$binary":"<base64>"}.
+// request, "leave the state unchanged"); an empty non-nil Value is an empty
+// state. In JSON it is any JSON value, kept byte for byte, and must be valid
+// UTF-8; in msgpack it is a bin. A state that is not valid JSON or not valid
+// UTF-8 (written through msgpack) reads in JSON as {"$binary":"<base64>"},
+// so that a JSON answer is always valid JSON.
 type Value []byte
+
+// IsZero reports whether v is no value (nil). An empty state is not zero:
+// a request field tagged omitempty (msgpack) or omitzero (JSON) is left
+// out only when it is nil.
+func (v Value) IsZero() bool { return v == nil }
 
 // MarshalJSON writes the value as raw JSON, or null when there is none.
 func (v Value) MarshalJSON() ([]byte, error) {
 	if v == nil {
 		return []byte("null"), nil
 	}
-	if !json.Valid(v) {
-		// Bytes stored through msgpack that are not JSON.
+	if !utf8.Valid(v) || !json.Valid(v) {
+		// Bytes stored through msgpack that are not JSON (encoding/json
+		// accepts invalid UTF-8 inside strings; JSON text is UTF-8).
 		return json.Marshal(map[string][]byte{"$binary": v})
 	}
 	return v, nil
 }
 
-// UnmarshalJSON keeps the raw JSON (including a literal null).
+// UnmarshalJSON keeps the raw JSON (including a literal null). It refuses
+// invalid UTF-8, which encoding/json lets through inside strings: stored
+// as sent, it would make every answer carrying the state invalid JSON.
 func (v *Value) UnmarshalJSON(b []byte) error {
+	if !utf8.Valid(b) {
+		i := 0
+		for i < len(b) {
+			r, n := utf8.DecodeRune(b[i:])
+			if r == utf8.RuneError && n == 1 {
+				break
+			}
+			i += n
+		}
+		return fmt.Errorf("value is not valid UTF-8 (byte 0x%02x at offset %d of the value): JSON text must be UTF-8; send bytes as a base64 JSON string, or as a msgpack bin", b[i], i)
+	}
 	*v = append(Value{}, b...)
 	return nil
 }
@@ -339,9 +361,10 @@ type AcquireResponse struct {
 // ReleaseRequest is the payload of <prefix>.release.<key>.
 type ReleaseRequest struct {
 	LockID string `json:"lock_id" msgpack:"lock_id"`
-	// Value, when present, is written as the new state in the same atomic
-	// step as the release.
-	Value Value `json:"value,omitempty" msgpack:"value,omitempty"`
+	// Value, when present (not nil), is written as the new state in the
+	// same atomic step as the release; an empty Value writes an empty
+	// state.
+	Value Value `json:"value,omitzero" msgpack:"value,omitempty"`
 }
 
 // ReleaseResponse answers a release. Released is false, and nothing was

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -176,5 +177,59 @@ func TestValueMsgpackDeclaredLength(t *testing.T) {
 	var r2 ReleaseRequest
 	if err := msgpack.Unmarshal(b, &r2); err == nil || !strings.Contains(err.Error(), "bin, str or nil") {
 		t.Fatalf("value 42: err = %v, want a message naming bin, str or nil", err)
+	}
+}
+
+// A JSON answer is valid JSON whatever the state holds: bytes that are JSON
+// text but not UTF-8 (written through msgpack) read as {"$binary":...},
+// and a JSON request cannot store them.
+func TestValueJSONIsUTF8(t *testing.T) {
+	for _, c := range []struct {
+		v    Value
+		want string
+	}{
+		{Value("\"\xff\""), `{"$binary":"Iv8i"}`},
+		{Value("{\"k\xc3\":1}"), `{"$binary":"eyJrwyI6MX0="}`},
+		{Value(`"ü€"`), `"ü€"`},
+		{Value{}, `{"$binary":""}`},
+	} {
+		b, err := json.Marshal(c.v)
+		if err != nil || string(b) != c.want || !utf8.Valid(b) {
+			t.Errorf("json(%q) = %s, %v, want %s", c.v, b, err, c.want)
+		}
+	}
+	var r WriteRequest
+	err := json.Unmarshal([]byte("{\"lock_id\":\"x\",\"value\":[\"ok\",\"\xe2\x82\"]}"), &r)
+	if err == nil || !strings.Contains(err.Error(), "value is not valid UTF-8 (byte 0xe2 at offset 7 of the value)") {
+		t.Errorf("value with invalid UTF-8: %v, want an error naming the byte", err)
+	}
+}
+
+// In a release, a nil Value is absent (the state is kept) and an empty one
+// is present (an empty state is written), in both encodings.
+func TestReleaseValueNilVersusEmpty(t *testing.T) {
+	for _, c := range []struct {
+		v       Value
+		present bool
+	}{{nil, false}, {Value{}, true}, {Value("x"), true}} {
+		b, err := msgpack.Marshal(ReleaseRequest{LockID: "0123456789abcdef", Value: c.v})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		if err := msgpack.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := m["value"]; ok != c.present {
+			t.Errorf("msgpack release with value %#v: value present = %v, want %v", c.v, ok, c.present)
+		}
+		var back ReleaseRequest
+		if err := msgpack.Unmarshal(b, &back); err != nil || (back.Value == nil) != (c.v == nil) || !bytes.Equal(back.Value, c.v) {
+			t.Errorf("msgpack release with value %#v decodes as %#v, %v", c.v, back.Value, err)
+		}
+		j, _ := json.Marshal(ReleaseRequest{LockID: "0123456789abcdef", Value: c.v})
+		if got := strings.Contains(string(j), `"value"`); got != c.present {
+			t.Errorf("JSON release with value %#v = %s, want value present %v", c.v, j, c.present)
+		}
 	}
 }
