@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The project's test command (README "Development"): every test, with the
-# race detector, against real servers. The Redis tests need redis-server
-# (7.0+); when it is missing this installs it with apt-get where it can and
-# stops with a clear message where it cannot. Redis tests never skip.
+# The project's test command (README "Development"): every Go test, with
+# the race detector, against real servers, then the JavaScript client's
+# tests (scripts/test-js.sh). Arguments go to go test. The Redis tests need
+# redis-server (7.0+); when it is missing this installs it with apt-get
+# where it can and stops with a clear message where it cannot. Redis tests
+# never skip. It fails when either the Go or the JavaScript tests fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,4 +29,11 @@ fi
 # Debian starts a system redis-server on 6379 after installing; the tests
 # start their own on free ports and do not use it.
 
-exec go test -race -count=1 -timeout 20m "$@" ./...
+go_status=0
+go test -race -count=1 -timeout 20m "$@" ./... || go_status=$?
+js_status=0
+scripts/test-js.sh || js_status=$?
+if [ "$go_status" != 0 ] || [ "$js_status" != 0 ]; then
+  echo "test.sh: FAILED (go test exit $go_status, JavaScript tests exit $js_status)" >&2
+  exit 1
+fi
