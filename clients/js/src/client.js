@@ -15,7 +15,7 @@
 //     or too late to be inside its window, is not sent again under its
 //     lock id.
 
-import { createInbox, errors as natsErrors } from '@nats-io/transport-node';
+import { createInbox } from '@nats-io/transport-node';
 
 import { BadRequestError, RequestTimeoutError, UnavailableError, unknownOutcome } from './errors.js';
 import { Lease } from './lease.js';
@@ -92,6 +92,9 @@ export class Client {
   }
 
   /**
+   * transportError returns the error for a failed request. The NATS
+   * library's errors are told apart by name, not class: the connection may
+   * come from another copy of the library than the one this package loads.
    * @param {string} op
    * @param {string} key
    * @param {unknown} err
@@ -99,18 +102,19 @@ export class Client {
    */
   #transportError(op, key, err, timeout) {
     const where = `lockservice: ${op} ${JSON.stringify(key)}`;
-    if (err instanceof natsErrors.TimeoutError) {
+    const name = err instanceof Error ? err.name : '';
+    const causeName = err instanceof Error && err.cause instanceof Error ? err.cause.name : '';
+    if (name === 'TimeoutError') {
       return new RequestTimeoutError(`${where}: no answer within ${timeout} ms (the outcome is unknown)`, { op, key, cause: err });
     }
-    if (err instanceof natsErrors.RequestError && err.isNoResponders()) {
+    if (name === 'NoResponders' || causeName === 'NoResponders') {
       return this.#noResponders(op, key, err);
     }
-    if (err instanceof natsErrors.ClosedConnectionError || err instanceof natsErrors.DrainingConnectionError ||
-        (err instanceof natsErrors.RequestError && (err.cause instanceof natsErrors.ClosedConnectionError || err.cause instanceof natsErrors.DrainingConnectionError))) {
+    if (/^(Closed|Draining)ConnectionError$/.test(name) || /^(Closed|Draining)ConnectionError$/.test(causeName)) {
       return new UnavailableError(`${where}: the NATS connection is closed`, { op, key, cause: err });
     }
-    if (err instanceof natsErrors.InvalidSubjectError) {
-      return new BadRequestError(`${where}: ${err.message}`, { op, key, cause: err });
+    if (name === 'InvalidSubjectError') {
+      return new BadRequestError(`${where}: ${/** @type {Error} */ (err).message}`, { op, key, cause: err });
     }
     return new UnavailableError(`${where}: ${err instanceof Error ? err.message : String(err)}`, { op, key, cause: err });
   }

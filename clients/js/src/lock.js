@@ -192,7 +192,7 @@ export class DistributedLock {
       );
     }
     const requestTimeoutMs = checkMs('create: requestTimeoutMs', config.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS, { min: 1 });
-    const aliveWindowMs = checkMs('create: aliveWindowMs', config.aliveWindowMs ?? DEFAULT_ALIVE_WINDOW_MS);
+    const aliveWindowMs = Math.ceil(checkMs('create: aliveWindowMs', config.aliveWindowMs ?? DEFAULT_ALIVE_WINDOW_MS));
     if (aliveWindowMs !== 0 && (aliveWindowMs < MIN_ALIVE_MS || aliveWindowMs > MAX_ALIVE_MS)) {
       throw new BadRequestError(`lockservice: create: aliveWindowMs ${aliveWindowMs} is out of range: ${MIN_ALIVE_MS} to ${MAX_ALIVE_MS}, or 0 for none`);
     }

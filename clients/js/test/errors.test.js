@@ -1,7 +1,6 @@
 // Bad input and unavailable services get typed errors that say what to fix.
 
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
 import { after, before, describe, it } from 'node:test';
 
 import {
@@ -95,9 +94,17 @@ describe('bad input', () => {
   });
 
   it('warns that objectExpiryMs belongs to the service', async () => {
-    const warned = once(process, 'warning');
+    const warned = new Promise((resolve) => {
+      const on = (/** @type {any} */ w) => {
+        if (w.code === 'LOCKSERVICE_OBJECT_EXPIRY') {
+          process.off('warning', on);
+          resolve(w);
+        }
+      };
+      process.on('warning', on);
+    });
     const l = await create(nc, { namespace: 'a', lockTimeoutMs: 1000, objectExpiryMs: 300_000 });
-    const [w] = await warned;
+    const w = /** @type {any} */ (await warned);
     assert.equal(w.code, 'LOCKSERVICE_OBJECT_EXPIRY');
     assert.match(w.message, /--object-ttl/);
     await l.close();

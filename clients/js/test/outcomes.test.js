@@ -77,10 +77,9 @@ describe('unknown outcomes of an acquire', () => {
     await r.answered(first);
     assert.equal(first.answer?.acquired, true, 'the service granted the lock behind the 503');
     assert.ok(r.seen.some((x) => x.op === 'cancel' && x.body.lock_id === first.body.lock_id), 'no cancel for the lock id');
-    const release = await r.next((x) => x.op === 'release' && x.body.lock_id === first.body.lock_id);
-    await r.answered(release);
-    assert.equal(release.answer?.released, true, 'the withdrawal did not release the grant');
-    // The grant had a 60 s lease: the key is free only because it was withdrawn.
+    assert.ok(r.seen.some((x) => x.op === 'release' && x.body.lock_id === first.body.lock_id), 'no release for the lock id');
+    // The grant had a 60 s lease: the key is free only because it was
+    // withdrawn (by the cancel or the release, whichever came first).
     const now = await direct.tryAcquireLock(key);
     assert.equal(now.acquired, true);
     await direct.releaseLock(key, /** @type {any} */ (now.value));
@@ -137,9 +136,9 @@ describe('the liveness window', () => {
     assert.equal(first.answer?.acquired, true);
     assert.ok(r.seen.some((x) => x.op === 'alive' && x.body.id === first.body.lock_id));
     assert.ok(r.seen.some((x) => x.op === 'cancel' && x.body.lock_id === first.body.lock_id), 'no cancel for the first lock id');
-    const release = await r.next((x) => x.op === 'release' && x.body.lock_id === first.body.lock_id);
-    await r.answered(release);
-    assert.equal(release.answer?.released, true, 'the lost grant was not released');
+    assert.ok(r.seen.some((x) => x.op === 'release' && x.body.lock_id === first.body.lock_id), 'no release for the first lock id');
+    // The lost grant had a 60 s lease: the second grant came only because
+    // the first was withdrawn.
     assert.ok(w.token > BigInt(first.answer?.token));
     assert.equal(await lock.releaseLock(key, w), true);
   });
