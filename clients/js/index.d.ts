@@ -65,6 +65,12 @@ export interface AcquireOptions {
   maxHoldMs?: number;
   /** The owner label of this lock (default: the configuration's). */
   owner?: string;
+  /**
+   * A lock-delay (docs/PROTOCOL.md "Lock-delay"): when this lease expires or
+   * is forced, nobody gets the key for this long (a release hands it over at
+   * once). Default: the service's `--lock-delay`.
+   */
+  lockDelayMs?: number;
   /** Aborting it ends a wait for the lock (and withLock's callback signal) with its reason. */
   signal?: AbortSignal;
 }
@@ -123,6 +129,8 @@ export interface Holder {
   readonly owner?: string;
   /** The lease end by the service's clock (informational). */
   readonly expiresAt?: Date;
+  /** Set when the key is in the lock-delay of the lease `token` (which ended): how long until it can be taken. */
+  readonly delayMs?: number;
 }
 
 export type TryAcquireResult<T> =
@@ -139,6 +147,8 @@ export interface LockInfo<T> {
   /** The lease end by the service's clock (informational). */
   readonly expiresAt?: Date;
   readonly owner?: string;
+  /** Set when unlocked but in the lock-delay of the lease `token`: how long until the key can be taken. */
+  readonly delayMs?: number;
   readonly hasValue: boolean;
   readonly value: T | null;
 }

@@ -42,6 +42,7 @@ class Unconfirmed extends Error {}
  * @property {number} [wait_ms]
  * @property {string} [owner]
  * @property {number} [alive_ms]
+ * @property {number} [lock_delay_ms]
  */
 
 /**
@@ -264,7 +265,7 @@ export class Client {
    * with the same lock id; if that fails too it withdraws the lock id and
    * throws the error.
    * @param {string} key
-   * @param {{ttl_ms?: number, owner?: string}} opts
+   * @param {{ttl_ms?: number, owner?: string, lock_delay_ms?: number}} opts
    * @param {import('./time.js').Scope} scope
    * @returns {Promise<{lease?: Lease, holder?: Record<string, any>}>}
    */
@@ -302,7 +303,7 @@ export class Client {
    * unknown outcome takes a new lock id. Other errors (400, no service
    * listening) are thrown at once.
    * @param {string} key
-   * @param {{ttl_ms?: number, owner?: string}} opts
+   * @param {{ttl_ms?: number, owner?: string, lock_delay_ms?: number}} opts
    * @param {import('./time.js').Scope} scope
    * @param {number} timeoutMs for the TimeoutError's message
    * @returns {Promise<Lease>}

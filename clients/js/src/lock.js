@@ -264,7 +264,9 @@ export class DistributedLock {
     if (owner !== undefined && (typeof owner !== 'string' || Buffer.byteLength(owner) > 256)) {
       throw new BadRequestError('lockservice: owner must be a string of at most 256 bytes');
     }
-    return { ttl_ms: this.#ttl(lockDuration), owner: owner || undefined };
+    const delay = options?.lockDelayMs;
+    if (delay !== undefined) checkMs('lockDelayMs', delay);
+    return { ttl_ms: this.#ttl(lockDuration), owner: owner || undefined, lock_delay_ms: delay === undefined ? undefined : Math.ceil(delay) };
   }
 
   /**
@@ -313,7 +315,7 @@ export class DistributedLock {
         if (!r.lease) {
           const h = r.holder ?? {};
           const holder = h.token === undefined ? undefined
-            : { token: h.token, owner: h.owner, expiresAt: h.expires_at ? new Date(h.expires_at) : undefined };
+            : { token: h.token, owner: h.owner, expiresAt: h.expires_at ? new Date(h.expires_at) : undefined, delayMs: h.delay_ms };
           return { acquired: false, value: undefined, holder };
         }
         await this.#hold(r.lease, options, options.keepAlive === true);
@@ -477,6 +479,7 @@ export class DistributedLock {
         ttlMs: a.ttl_ms,
         expiresAt: a.expires_at ? new Date(a.expires_at) : undefined,
         owner: a.owner,
+        delayMs: a.delay_ms,
         hasValue: a.has_value === true,
         value: a.value ?? null,
       };

@@ -251,3 +251,21 @@ describe('lost leases in withLock', () => {
     assert.equal((await lock.get(key)).value, 'kept');
   });
 });
+
+describe('lock-delay', () => {
+  it('keeps a forced key from everyone for the delay, then grants it to a waiter', async () => {
+    const key = uniqueKey('delay');
+    const w = await lock.acquireLock(key, 1000, 10_000, { lockDelayMs: 1000 });
+    await forceLock(nc, `js-test.${key}`);
+    const r = await lock.tryAcquireLock(key);
+    assert.equal(r.acquired, false);
+    assert.equal(r.holder?.token, w.token);
+    assert.ok((r.holder?.delayMs ?? 0) > 0, `holder ${JSON.stringify({ ...r.holder, token: String(r.holder?.token) })}, want a delayMs`);
+    const info = await lock.get(key);
+    assert.equal(info.locked, false);
+    assert.ok((info.delayMs ?? 0) > 0);
+    const next = await lock.acquireLock(key, 10_000);
+    assert.ok(next.token > w.token);
+    await lock.releaseLock(key, next);
+  });
+});
