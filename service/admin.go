@@ -63,6 +63,7 @@ func (s *Service) adminHandler(op string, h func(*request), withKey bool) micro.
 		case s.inflight <- struct{}{}:
 		default:
 			s.stats.overloaded.Add(1)
+			s.refused("max_inflight", op, key, cap(s.inflight))
 			st.record(api.CodeUnavailable, time.Since(received))
 			_ = r.Error(strconv.Itoa(api.CodeUnavailable), "instance overloaded; retry with backoff", nil)
 			return
@@ -149,7 +150,10 @@ func (s *Service) adminForce(r *request) {
 func (s *Service) publishForced(key string, l store.Lease, reason string) {
 	data, _ := json.Marshal(api.ForcedEvent{Key: key, Token: l.Token, Owner: l.Owner, Reason: reason, Instance: s.id})
 	hdr := nats.Header{api.InstanceHeader: {s.id}, api.ContentTypeHeader: {api.JSONContentType}}
-	if err := s.send(&nats.Msg{Subject: api.Subject(s.cfg.Prefix, api.EventForced, key), Data: data, Header: hdr}); err != nil {
-		s.cfg.Logf("publish forced event for %q: %v", key, err)
+	subject := api.Subject(s.cfg.Prefix, api.EventForced, key)
+	if err := s.send(&nats.Msg{Subject: subject, Data: data, Header: hdr}); err != nil {
+		s.logSendError("publish failed", subject, err)
+		return
 	}
+	s.stats.countEvent(api.EventForced)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"time"
 
@@ -473,9 +474,10 @@ func (s *Service) carryOut(out outcome) {
 // instance gives back.
 func (s *Service) announceRetired(key, lockID string) {
 	data, _ := json.Marshal(api.CancelRequest{LockID: lockID})
-	if err := s.send(&nats.Msg{Subject: api.Subject(s.cfg.Prefix, api.OpCancel, key), Data: data,
+	subject := api.Subject(s.cfg.Prefix, api.OpCancel, key)
+	if err := s.send(&nats.Msg{Subject: subject, Data: data,
 		Header: nats.Header{api.ContentTypeHeader: {api.JSONContentType}}}); err != nil {
-		s.cfg.Logf("announce retired lock id of %q: %v", key, err)
+		s.logSendError("publish failed", subject, err)
 	}
 }
 
@@ -530,7 +532,8 @@ func (s *Service) giveBackOnce(gb giveBack) bool {
 		return true
 	default:
 		s.countStoreError(err)
-		s.cfg.Logf("give back the grant of %q to a retired lock id: %v (trying again)", gb.key, err)
+		s.logLimited(slog.LevelWarn, "give back: "+rootCause(err).Error(), "give back failed: trying again",
+			slog.String("key", gb.key), slog.Any("err", err))
 		return false
 	}
 }

@@ -98,6 +98,7 @@ func (s *Service) onRelease(key string) {
 func (s *Service) onExpiry(key string) {
 	s.mu.Lock()
 	if ks := s.keys[key]; ks != nil {
+		s.stats.expiryWakeups.Add(1)
 		s.wakeLocked(key, ks)
 	}
 	s.mu.Unlock()
@@ -162,6 +163,7 @@ func (s *Service) leaseDue(key string, lw *leaseWatch) {
 		delete(s.watches, key)
 		if !lw.released {
 			ks.expiring = lw.token
+			s.stats.expiryWakeups.Add(1)
 		}
 		s.wakeLocked(key, ks)
 		s.mu.Unlock()

@@ -178,8 +178,10 @@ func (s *Service) parkLocked(ks *keyState, w *waiter, now time.Time, out *outcom
 	case s.stopping.Load():
 		out.fail(w, api.CodeUnavailable, "%s %q: lock service instance is shutting down; retry (another instance may serve you)", op, w.key)
 	case s.waiters >= s.cfg.MaxWaiters:
+		s.refused("max_waiters", op, w.key, s.cfg.MaxWaiters)
 		out.fail(w, api.CodeUnavailable, "%s %q: too many parked requests on this instance (%d); retry later", op, w.key, s.cfg.MaxWaiters)
 	case ks.q.len() >= s.cfg.MaxWaitersPerKey:
+		s.refused("max_waiters_per_key", op, w.key, s.cfg.MaxWaitersPerKey)
 		out.fail(w, api.CodeUnavailable, "%s %q: too many requests parked on this key (%d); retry later", op, w.key, s.cfg.MaxWaitersPerKey)
 	default:
 		s.waiters++

@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,7 +30,7 @@ import (
 const Version = "0.1.0"
 
 // Config configures a Service. The zero value is valid: every field has a
-// default, listed with it.
+// default, listed with it (DefaultConfig returns them).
 type Config struct {
 	// Prefix is the first subject token; default "lock".
 	Prefix string
@@ -50,7 +51,7 @@ type Config struct {
 	MaxWaiters int
 	// MaxWaitersPerKey bounds the parked requests of one key on this
 	// instance, so one key cannot take every slot; more get 503. Default
-	// 10000.
+	// 10000 (at most MaxWaiters).
 	MaxWaitersPerKey int
 	// MaxInflight bounds the store operations of this instance running at
 	// once; more get 503. Default 4096.
@@ -64,42 +65,74 @@ type Config struct {
 	QueueGroup string
 	// Metadata is added to the micro service metadata (e.g. "store").
 	Metadata map[string]string
-	// Logf receives diagnostic lines; default: discarded.
-	Logf func(format string, args ...any)
+	// Logger receives the instance's log (see logging.go): store errors
+	// and the store's recovery, overload 503s, failed replies and events,
+	// stop. Repeated lines of one cause are logged once per HealthInterval.
+	// nil discards the log.
+	Logger *slog.Logger
+	// Observer, when set, is told of every answer and every store call as
+	// it happens, for metrics (see Observer). nil: nobody is told.
+	Observer Observer
+	// HealthInterval is how often a line of one cause may be logged
+	// (store errors, overload), and how recent the store's last answer
+	// must be for Ready; older, Ready asks the store. Default 10s.
+	HealthInterval time.Duration
 }
 
-// SetDefaults fills every zero field with its default.
-func (c *Config) SetDefaults() {
-	if c.Prefix == "" {
-		c.Prefix = api.DefaultPrefix
+// DefaultConfig returns the defaults of every Config field: the one place
+// they are written (SetDefaults fills zero fields from it; cmd/lockservice
+// shows them as its flags' defaults).
+func DefaultConfig() Config {
+	return Config{
+		Prefix:           api.DefaultPrefix,
+		DefaultTTL:       30 * time.Second,
+		MaxTTL:           10 * time.Minute,
+		MaxWait:          10 * time.Minute,
+		MaxLockDelay:     time.Minute,
+		MaxWaiters:       100_000,
+		MaxWaitersPerKey: 10_000,
+		MaxInflight:      4096,
+		MaxValueBytes:    512 << 10,
+		StoreTimeout:     5 * time.Second,
+		QueueGroup:       api.ServiceName,
+		HealthInterval:   10 * time.Second,
 	}
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
+}
+
+// SetDefaults fills every zero field with its default (DefaultConfig).
+func (c *Config) SetDefaults() {
+	d := DefaultConfig()
+	if c.Prefix == "" {
+		c.Prefix = d.Prefix
+	}
+	def := func(v *time.Duration, dv time.Duration) {
+		if *v == 0 {
+			*v = dv
 		}
 	}
-	def(&c.DefaultTTL, 30*time.Second)
-	def(&c.MaxTTL, 10*time.Minute)
-	def(&c.MaxWait, 10*time.Minute)
-	def(&c.MaxLockDelay, time.Minute)
-	def(&c.StoreTimeout, 5*time.Second)
+	def(&c.DefaultTTL, d.DefaultTTL)
+	def(&c.MaxTTL, d.MaxTTL)
+	def(&c.MaxWait, d.MaxWait)
+	def(&c.MaxLockDelay, d.MaxLockDelay)
+	def(&c.StoreTimeout, d.StoreTimeout)
+	def(&c.HealthInterval, d.HealthInterval)
 	if c.MaxWaiters == 0 {
-		c.MaxWaiters = 100_000
+		c.MaxWaiters = d.MaxWaiters
 	}
 	if c.MaxWaitersPerKey == 0 {
-		c.MaxWaitersPerKey = min(10_000, c.MaxWaiters)
+		c.MaxWaitersPerKey = min(d.MaxWaitersPerKey, c.MaxWaiters)
 	}
 	if c.MaxInflight == 0 {
-		c.MaxInflight = 4096
+		c.MaxInflight = d.MaxInflight
 	}
 	if c.MaxValueBytes == 0 {
-		c.MaxValueBytes = 512 << 10
+		c.MaxValueBytes = d.MaxValueBytes
 	}
 	if c.QueueGroup == "" {
-		c.QueueGroup = api.ServiceName
+		c.QueueGroup = d.QueueGroup
 	}
-	if c.Logf == nil {
-		c.Logf = func(string, ...any) {}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
 	}
 }
 
@@ -111,7 +144,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("service: prefix: %w", err)
 	}
 	switch {
-	case c.DefaultTTL < 0 || c.MaxTTL < 0 || c.MaxWait < 0 || c.StoreTimeout < 0:
+	case c.DefaultTTL < 0 || c.MaxTTL < 0 || c.MaxWait < 0 || c.StoreTimeout < 0 || c.HealthInterval < 0:
 		return errors.New("service: durations must not be negative")
 	case c.DefaultTTL > c.MaxTTL:
 		return fmt.Errorf("service: default TTL %v is longer than the max TTL %v", c.DefaultTTL, c.MaxTTL)
@@ -153,7 +186,10 @@ type Service struct {
 	waiters int                    // parked requests
 	fresh   int                    // of them, still to make their first store attempt
 
-	stats stats
+	stats   stats
+	log     *slog.Logger
+	limiter *logLimiter
+	health  storeHealth
 
 	// grants awaiting a possible no-responders status (delivery.go)
 	deliveryInbox string
@@ -260,7 +296,7 @@ func New(nc *nats.Conn, st store.Store, cfg Config) (*Service, error) {
 func newService(st store.Store, cfg Config, send func(*nats.Msg) error) *Service {
 	ctx, abort := context.WithCancel(context.Background())
 	s := &Service{
-		send: send, st: st, cfg: cfg, ctx: ctx, abort: abort,
+		send: send, cfg: cfg, ctx: ctx, abort: abort,
 		inflight:   make(chan struct{}, cfg.MaxInflight),
 		jobs:       make(chan func()),
 		keys:       make(map[string]*keyState),
@@ -268,11 +304,14 @@ func newService(st store.Store, cfg Config, send func(*nats.Msg) error) *Service
 		deliveries: make(map[uint64]pendingDelivery),
 		watches:    make(map[string]*leaseWatch),
 		stats:      stats{ops: make(map[string]*opStats)},
+		log:        cfg.Logger,
+		limiter:    newLogLimiter(cfg.HealthInterval),
 	}
+	s.st = watchStore(st, s.storeDone)
 	for _, op := range []string{api.OpAcquire, api.OpRelease, api.OpRefresh, api.OpWrite, api.OpDelete, api.OpGet, api.OpWait, api.OpCancel, api.OpAlive, api.OpAdminList, api.OpAdminForce} {
-		s.stats.ops[op] = newOpStats()
+		s.stats.ops[op] = newOpStats(op, cfg.Observer)
 	}
-	if n, ok := st.(store.Notifier); ok {
+	if n, ok := s.st.(store.Notifier); ok {
 		n.Notify(s.onStoreEvent)
 	}
 	return s
@@ -288,7 +327,12 @@ func (s *Service) ID() string { return s.id }
 func (s *Service) Stop() error {
 	var err error
 	s.stopOnce.Do(func() {
+		s.mu.Lock()
+		parked := s.waiters
+		s.mu.Unlock()
+		s.log.Info("stopping", slog.String("instance", s.id), slog.Int("parked", parked))
 		s.stopping.Store(true)
+		s.stopHealth()
 		if s.svc != nil {
 			err = s.svc.Stop()
 		}
@@ -321,6 +365,7 @@ func (s *Service) Stop() error {
 		if s.nc != nil && s.nc.IsConnected() {
 			_ = s.nc.FlushTimeout(time.Second)
 		}
+		s.log.Info("stopped", slog.String("instance", s.id))
 	})
 	return err
 }

@@ -18,20 +18,38 @@ import (
 // endpoint's data.
 type stats struct {
 	grants, handoffs, waitTimeouts, lapsed, givenBack, undelivered,
-	overloaded, expiredEvents, storeErrors atomic.Int64
-	ops map[string]*opStats
+	overloaded, expiredEvents, storeErrors, expiryWakeups atomic.Int64
+	// events published, by event name (api.EventReleased, EventExpired,
+	// EventForced)
+	released, expired, forced atomic.Int64
+	ops                       map[string]*opStats
 }
 
-// opStats counts one endpoint's requests and answers.
+// countEvent counts an event published.
+func (s *stats) countEvent(event string) {
+	switch event {
+	case api.EventReleased:
+		s.released.Add(1)
+	case api.EventExpired:
+		s.expired.Add(1)
+	case api.EventForced:
+		s.forced.Add(1)
+	}
+}
+
+// opStats counts one endpoint's requests and answers, and tells the
+// Observer of each answer.
 type opStats struct {
+	op                        string
+	obs                       Observer
 	requests, answered, nanos atomic.Int64
 	errors                    map[int]*atomic.Int64
 }
 
 var errorCodes = []int{api.CodeBadRequest, api.CodeTimeout, api.CodeConflict, api.CodeInternal, api.CodeUnavailable}
 
-func newOpStats() *opStats {
-	o := &opStats{errors: make(map[int]*atomic.Int64, len(errorCodes))}
+func newOpStats(op string, obs Observer) *opStats {
+	o := &opStats{op: op, obs: obs, errors: make(map[int]*atomic.Int64, len(errorCodes))}
 	for _, c := range errorCodes {
 		o.errors[c] = new(atomic.Int64)
 	}
@@ -45,9 +63,13 @@ func (o *opStats) record(code int, d time.Duration) {
 	if code != 0 {
 		c := o.errors[code]
 		if c == nil {
-			c = o.errors[api.CodeInternal]
+			code = api.CodeInternal
+			c = o.errors[code]
 		}
 		c.Add(1)
+	}
+	if o.obs != nil {
+		o.obs.Answered(o.op, code, d)
 	}
 }
 
@@ -69,6 +91,7 @@ func (s *Service) statsData(e *micro.Endpoint) any {
 		"overloaded":     s.stats.overloaded.Load(),
 		"store_errors":   s.stats.storeErrors.Load(),
 		"expired_events": s.stats.expiredEvents.Load(),
+		"expiry_wakeups": s.stats.expiryWakeups.Load(),
 	}
 	if o := s.stats.ops[strings.ReplaceAll(e.Name, "-", ".")]; o != nil {
 		errs := make(map[string]int64, len(o.errors))
@@ -104,6 +127,16 @@ type Stats struct {
 	GivenBack     int64 // grants released because their lock id was retired
 	Lapsed        int64 // parked requests dropped when their liveness window ran out
 	Undelivered   int64 // grants whose answer reached nobody (given back)
+	WaitTimeouts  int64 // blocking requests (acquire, wait) answered when their wait_ms ran out
+	// Overloaded counts the requests refused (503) because the in-flight
+	// operations of the instance were at MaxInflight.
+	Overloaded int64
+	// ExpiryWakeups counts the lease expiries that woke requests parked on
+	// their key here.
+	ExpiryWakeups int64
+	// Events counts the events this instance published, by event name
+	// (api.EventReleased, api.EventExpired, api.EventForced).
+	Events map[string]int64
 	// Errors counts the error answers of all endpoints by code.
 	Errors map[int]int64
 }
@@ -119,6 +152,14 @@ func (s *Service) Stats() Stats {
 	st.GivenBack = s.stats.givenBack.Load()
 	st.Lapsed = s.stats.lapsed.Load()
 	st.Undelivered = s.stats.undelivered.Load()
+	st.WaitTimeouts = s.stats.waitTimeouts.Load()
+	st.Overloaded = s.stats.overloaded.Load()
+	st.ExpiryWakeups = s.stats.expiryWakeups.Load()
+	st.Events = map[string]int64{
+		api.EventReleased: s.stats.released.Load(),
+		api.EventExpired:  s.stats.expired.Load(),
+		api.EventForced:   s.stats.forced.Load(),
+	}
 	st.Errors = make(map[int]int64)
 	for _, o := range s.stats.ops {
 		for c, n := range o.errors {

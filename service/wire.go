@@ -66,6 +66,7 @@ func (s *Service) handler(op string, h func(*request), inline bool) micro.Handle
 		case s.inflight <- struct{}{}:
 		default:
 			s.stats.overloaded.Add(1)
+			s.refused("max_inflight", op, key, cap(s.inflight))
 			early(api.CodeUnavailable, fmt.Sprintf("instance overloaded: %d operations in progress; retry with backoff", cap(s.inflight)))
 			return
 		}
@@ -200,7 +201,7 @@ func (s *Service) respondVia(r *request, v any, replyTo string) {
 	}
 	r.record(0)
 	if err := s.send(m); err != nil {
-		s.cfg.Logf("reply on %s: %v", r.reply, err)
+		s.logSendError("reply failed", r.reply, err)
 	}
 }
 
@@ -224,7 +225,7 @@ func (s *Service) fail(r *request, code int, format string, args ...any) {
 		micro.ErrorHeader:     {msg},
 	}})
 	if err != nil {
-		s.cfg.Logf("reply on %s: %v", r.reply, err)
+		s.logSendError("reply failed", r.reply, err)
 	}
 }
 
@@ -239,8 +240,7 @@ func (s *Service) failStore(r *request, op string, err error) {
 		s.fail(r, code, "%s %q: %v", op, r.key, err)
 	case api.CodeUnavailable:
 		s.fail(r, code, "%s %q: store unavailable, the outcome is unknown (docs/PROTOCOL.md, lost replies); retry: %v", op, r.key, err)
-	default:
-		s.cfg.Logf("%s %q: %v", op, r.key, err)
+	default: // logged as the store call failed (storewatch.go)
 		s.fail(r, code, "%s %q: internal error, the outcome is unknown: %v", op, r.key, err)
 	}
 }
@@ -306,13 +306,15 @@ func (s *Service) publishEventMsg(event string, ev api.Event) {
 	if ev.HandedOff {
 		hdr.Set(api.HandedOffHeader, "true")
 	}
-	key := ev.Key
+	subject := api.Subject(s.cfg.Prefix, event, ev.Key)
 	err := s.send(&nats.Msg{
-		Subject: api.Subject(s.cfg.Prefix, event, key),
+		Subject: subject,
 		Data:    data,
 		Header:  hdr,
 	})
 	if err != nil {
-		s.cfg.Logf("publish %s event for %q: %v", event, key, err)
+		s.logSendError("publish failed", subject, err)
+		return
 	}
+	s.stats.countEvent(event)
 }
