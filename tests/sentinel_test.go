@@ -16,6 +16,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/lockservice/lockservice/client"
+	"github.com/lockservice/lockservice/store"
 	redisstore "github.com/lockservice/lockservice/store/redis"
 )
 
@@ -144,6 +145,39 @@ func TestSentinelErrorsNameThePrimary(t *testing.T) {
 	_, err = redisstore.New(t.Context(), rdb, redisstore.Config{})
 	if !errors.Is(err, redisstore.ErrEvictionPolicy) || !strings.Contains(err.Error(), primary) {
 		t.Errorf("New = %v, want ErrEvictionPolicy naming the primary %s", err, primary)
+	}
+}
+
+// TestSentinelNotReplicatedNamesThePrimary: the 503 a write gets when
+// fewer replicas than --redis-replicas acknowledged it names the primary's
+// address, not go-redis's placeholder "FailoverClient".
+func TestSentinelNotReplicatedNamesThePrimary(t *testing.T) {
+	needBinaries(t)
+	set := startSentinelSet(t, 1)
+	primary, err := set.master(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := goredis.ParseFailoverURL(set.url())
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.MaxRetries = -1
+	rdb := goredis.NewFailoverClient(o)
+	defer rdb.Close()
+	st, err := redisstore.New(t.Context(), rdb, redisstore.Config{Replicas: 1, ReplicaTimeout: 200 * time.Millisecond, AllowEviction: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for addr, p := range set.redis {
+		if addr != primary {
+			p.Kill()
+		}
+	}
+	_, err = st.Acquire(t.Context(), "named", "lock-id-of-sixteen-chars", store.AcquireOptions{TTL: time.Minute})
+	if !errors.Is(err, redisstore.ErrNotReplicated) || !strings.Contains(err.Error(), primary) || strings.Contains(err.Error(), "FailoverClient") {
+		t.Errorf("Acquire with the replica down = %v, want ErrNotReplicated naming the primary %s", err, primary)
 	}
 }
 

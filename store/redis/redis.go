@@ -404,7 +404,7 @@ func (s *Store) run(ctx context.Context, sc *goredis.Script, wrote func(any) boo
 		return nil, mapErr(err)
 	}
 	if n < int64(s.cfg.Replicas) {
-		return nil, fmt.Errorf("%w: %d of %d replicas of %s acknowledged within %v", ErrNotReplicated, n, s.cfg.Replicas, node.Options().Addr, s.cfg.ReplicaTimeout)
+		return nil, fmt.Errorf("%w: %d of %d replicas of %s acknowledged within %v", ErrNotReplicated, n, s.cfg.Replicas, nodeAddr(ctx, node.Options().Addr, conn), s.cfg.ReplicaTimeout)
 	}
 	return r, nil
 }

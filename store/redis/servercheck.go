@@ -45,7 +45,7 @@ func (s *Store) checkServer(ctx context.Context) (warnings []string, err error) 
 	}
 	switch c := s.rdb.(type) {
 	case *goredis.Client:
-		nodes = append(nodes, readSettings(ctx, c, nodeAddr(ctx, c)))
+		nodes = append(nodes, readSettings(ctx, c, nodeAddr(ctx, c.Options().Addr, c)))
 	case *goredis.ClusterClient:
 		err = c.ForEachMaster(ctx, read)
 	case *goredis.Ring:
@@ -142,11 +142,13 @@ func evictionHarm(policy string) string {
 	return "Redis may evict lock keys when memory fills (lockservice knows only noeviction to be safe)"
 }
 
-// nodeAddr is the address of the node c talks to. A Sentinel (failover)
-// client's options say "FailoverClient"; the node itself says where it
-// listens (CLIENT INFO laddr).
-func nodeAddr(ctx context.Context, c *goredis.Client) string {
-	addr := c.Options().Addr
+// nodeAddr is the address of the node c (a client, or one of its
+// connections) talks to: addr, its client's Options().Addr. A Sentinel
+// (failover) client's options say "FailoverClient"; the node itself says
+// where it listens (CLIENT INFO laddr).
+func nodeAddr(ctx context.Context, addr string, c interface {
+	ClientInfo(context.Context) *goredis.ClientInfoCmd
+}) string {
 	if addr != "FailoverClient" {
 		return addr
 	}
