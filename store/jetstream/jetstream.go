@@ -77,10 +77,15 @@ type Config struct {
 	MaxValueBytes int
 }
 
+// The defaults of Config (New fills zero fields with them).
 const (
-	defaultBucket    = "lockservice"
-	defaultMarkerTTL = 10 * time.Minute
-	hintLimit        = 200_000
+	DefaultBucket    = "lockservice"
+	DefaultReplicas  = 1
+	DefaultMarkerTTL = 10 * time.Minute
+)
+
+const (
+	hintLimit = 200_000
 	// objLimit bounds the set of keys with a state object; past it the
 	// store stops tracking them and always reads the object on acquire.
 	objLimit = 1_000_000
@@ -160,13 +165,13 @@ var ErrAtomicPublishUnsupported = errors.New("jetstream: stream does not allow a
 // settings. nc stays the caller's.
 func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	if cfg.Bucket == "" {
-		cfg.Bucket = defaultBucket
+		cfg.Bucket = DefaultBucket
 	}
 	if cfg.Replicas == 0 {
-		cfg.Replicas = 1
+		cfg.Replicas = DefaultReplicas
 	}
 	if cfg.MarkerTTL == 0 {
-		cfg.MarkerTTL = defaultMarkerTTL
+		cfg.MarkerTTL = DefaultMarkerTTL
 	}
 	if cfg.Replicas < 1 || cfg.Replicas > 5 {
 		return nil, fmt.Errorf("jetstream: replicas must be 1 to 5, got %d", cfg.Replicas)
