@@ -14,8 +14,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -35,6 +37,7 @@ type Server struct {
 	svc     *service.Service
 	store   *jsstore.Store
 	tempDir string
+	dataDir string   // absolute
 	dirLock *dirLock // on the data directory, held until Close
 	// URL is the client URL (nats://host:port), empty with WithoutListener.
 	URL string
@@ -49,7 +52,7 @@ type options struct {
 	svc        service.Config
 	store      jsstore.Config
 	custom     store.Store
-	logf       func(format string, args ...any)
+	logger     *slog.Logger
 }
 
 // Option configures Start.
@@ -84,10 +87,12 @@ func WithStoreConfig(cfg jsstore.Config) Option { return func(o *options) { o.st
 // the embedded server's JetStream. st stays the caller's to close.
 func WithStore(st store.Store) Option { return func(o *options) { o.custom = st } }
 
-// WithLogf sends nats-server's log lines to logf (default: silent).
-func WithLogf(logf func(format string, args ...any)) Option {
-	return func(o *options) { o.logf = logf }
-}
+// WithLogger sends nats-server's log to l, warnings and errors at their
+// level and notices (its start-up report) at debug, with the attribute
+// component=nats-server. l is also the Logger of the service and of the
+// JetStream store when WithServiceConfig and WithStoreConfig set none.
+// The default is silence.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
 
 // ErrPortInUse is returned by Start when the listen address is taken.
 var ErrPortInUse = errors.New("embedded: address already in use")
@@ -118,7 +123,7 @@ func Start(opts ...Option) (*Server, error) {
 	}
 	sopts.JetStream = true
 	sopts.NoSigs = true
-	sopts.NoLog = o.logf == nil
+	sopts.NoLog = o.logger == nil
 	sopts.DontListen = o.noListen
 	srv := &Server{}
 	switch {
@@ -137,6 +142,10 @@ func Start(opts ...Option) (*Server, error) {
 	// on one directory would each run the bucket from the same files and
 	// grant the same lock with the same token.
 	var err error
+	if srv.dataDir, err = filepath.Abs(sopts.StoreDir); err != nil {
+		srv.removeTemp()
+		return nil, fmt.Errorf("embedded: data directory %s: %w", sopts.StoreDir, err)
+	}
 	if srv.dirLock, err = lockDataDir(sopts.StoreDir); err != nil {
 		srv.removeTemp()
 		return nil, err
@@ -155,8 +164,14 @@ func Start(opts ...Option) (*Server, error) {
 		srv.Close()
 		return nil, fmt.Errorf("embedded: nats-server: %w", err)
 	}
-	if o.logf != nil {
-		ns.SetLogger(logger{o.logf}, false, false)
+	if o.logger != nil {
+		ns.SetLogger(natsLogger{o.logger.With(slog.String("component", "nats-server"))}, false, false)
+		if o.svc.Logger == nil {
+			o.svc.Logger = o.logger
+		}
+		if o.store.Logger == nil {
+			o.store.Logger = o.logger.With(slog.String("component", "store"))
+		}
 	}
 	srv.ns = ns
 	ns.Start()
@@ -190,7 +205,7 @@ func Start(opts ...Option) (*Server, error) {
 		defer cancel()
 		if o.store.MarkerTTL == 0 {
 			// Markers must outlive the longest lease the service grants.
-			o.store.MarkerTTL = max(o.svc.MaxTTL, 10*time.Minute)
+			o.store.MarkerTTL = max(o.svc.MaxTTL, jsstore.DefaultMarkerTTL)
 		}
 		srv.store, err = jsstore.New(ctx, srv.svcNC, o.store)
 		if err != nil {
@@ -214,6 +229,12 @@ func (s *Server) Conn() *nats.Conn { return s.nc }
 // Store returns the JetStream store of the service, or nil when Start was
 // given WithStore.
 func (s *Server) Store() *jsstore.Store { return s.store }
+
+// DataDir returns the JetStream data directory the server uses, absolute:
+// WithDataDir's, else the config file's jetstream store_dir, else the
+// temporary directory Close removes. nats-server keeps its files in its
+// jetstream subdirectory.
+func (s *Server) DataDir() string { return s.dataDir }
 
 // NATSServer returns the embedded nats-server.
 func (s *Server) NATSServer() *server.Server { return s.ns }
@@ -258,11 +279,18 @@ func (s *Server) removeTemp() {
 	}
 }
 
-type logger struct{ logf func(string, ...any) }
+// natsLogger is nats-server's logger writing to a slog.Logger.
+type natsLogger struct{ l *slog.Logger }
 
-func (l logger) Noticef(format string, v ...any) { l.logf("[INF] "+format, v...) }
-func (l logger) Warnf(format string, v ...any)   { l.logf("[WRN] "+format, v...) }
-func (l logger) Fatalf(format string, v ...any)  { l.logf("[FTL] "+format, v...) }
-func (l logger) Errorf(format string, v ...any)  { l.logf("[ERR] "+format, v...) }
-func (l logger) Debugf(format string, v ...any)  {}
-func (l logger) Tracef(format string, v ...any)  {}
+func (n natsLogger) log(level slog.Level, format string, v []any) {
+	if n.l.Enabled(context.Background(), level) {
+		n.l.Log(context.Background(), level, fmt.Sprintf(format, v...))
+	}
+}
+
+func (n natsLogger) Noticef(format string, v ...any) { n.log(slog.LevelDebug, format, v) }
+func (n natsLogger) Warnf(format string, v ...any)   { n.log(slog.LevelWarn, format, v) }
+func (n natsLogger) Errorf(format string, v ...any)  { n.log(slog.LevelError, format, v) }
+func (n natsLogger) Fatalf(format string, v ...any)  { n.log(slog.LevelError, "fatal: "+format, v) }
+func (n natsLogger) Debugf(format string, v ...any)  { n.log(slog.LevelDebug, format, v) }
+func (n natsLogger) Tracef(format string, v ...any)  { n.log(slog.LevelDebug, format, v) }
