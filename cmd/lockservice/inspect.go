@@ -36,7 +36,7 @@ func getCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fs.PrintDefaults()
 	}
 	f.register(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseWithEnv(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
@@ -132,7 +132,7 @@ func lsCommand(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	f.register(fs)
 	filter := fs.String("prefix-filter", "", "list only keys that start with this")
 	asJSON := fs.Bool("json", false, "print a JSON array of the service's entries")
-	if err := fs.Parse(args); err != nil {
+	if err := parseWithEnv(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {

@@ -79,7 +79,7 @@ func parseLockFlags(args []string, stderr io.Writer) (f *lockFlags, key string, 
 	fs.DurationVar(&f.killGrace, "kill-grace", 10*time.Second, "when the lock is lost: time between SIGTERM and SIGKILL to COMMAND")
 	fs.StringVar(&f.owner, "owner", "", "owner label that get and ls show to others (default hostname:pid)")
 	fs.BoolVar(&f.verbose, "v", false, "say on stderr when waiting for the lock, and when it is acquired and released")
-	if err := fs.Parse(args); err != nil {
+	if err := parseWithEnv(fs, args); err != nil {
 		return nil, "", nil, err
 	}
 	rest := fs.Args()

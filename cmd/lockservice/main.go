@@ -87,15 +87,18 @@ const usageText = `Usage:
   lockservice lock [flags] KEY -- COMMAND [ARGS...]  run COMMAND holding the lock KEY
   lockservice get [flags] KEY                        print the state of KEY as JSON
   lockservice ls [flags]                             list the locks held
+  lockservice version                                print the version (also: --version)
 
-Run lockservice COMMAND -h for the flags of lock, get and ls.
+Run lockservice COMMAND -h for the flags of lock, get and ls. Every flag
+can also be set by a variable, LOCKSERVICE_<FLAG> (--max-ttl:
+LOCKSERVICE_MAX_TTL); a flag given wins.
 `
 
 // run runs the command that args name: serve (also without a name, when
 // args is empty or starts with a flag), lock, get, ls or help.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	name := "serve"
-	if len(args) > 0 && (args[0] == "serve" || args[0] == "lock" || args[0] == "get" || args[0] == "ls" || args[0] == "help") {
+	if len(args) > 0 && (args[0] == "serve" || args[0] == "lock" || args[0] == "get" || args[0] == "ls" || args[0] == "help" || args[0] == "version") {
 		name, args = args[0], args[1:]
 	}
 	switch name {
@@ -108,6 +111,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "help":
 		fmt.Fprint(stdout, usageText)
 		return nil
+	case "version":
+		_, err := fmt.Fprintln(stdout, versionText())
+		return err
 	}
 	return serve(ctx, args, stdout, stderr)
 }

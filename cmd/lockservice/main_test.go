@@ -167,7 +167,7 @@ func TestRunRedis(t *testing.T) {
 	}()
 	waitFor(t, &out, "store redis at redis://"+r.Addr, errc)
 	// The test server has no persistence: the operator is told.
-	if !strings.Contains(errOut.String(), "lockservice: warning: redis at "+r.Addr+" has no persistence") {
+	if !strings.Contains(errOut.String(), `level=WARN msg="redis at `+r.Addr+" has no persistence") {
 		t.Errorf("stderr = %q, want the no-persistence warning", errOut.String())
 	}
 	nc, err := nats.Connect("nats://127.0.0.1:" + strconv.Itoa(port))
@@ -215,7 +215,7 @@ func TestRunRedisEviction(t *testing.T) {
 	errc := make(chan error, 1)
 	go func() { errc <- run(ctx, append(args, "--redis-allow-eviction"), &out, &errOut) }()
 	waitFor(t, &out, "store redis at redis://"+r.Addr, errc)
-	if !strings.Contains(errOut.String(), "lockservice: warning: redis at "+r.Addr+" has maxmemory-policy allkeys-lru") {
+	if !strings.Contains(errOut.String(), `level=WARN msg="redis at `+r.Addr+" has maxmemory-policy allkeys-lru") {
 		t.Errorf("stderr = %q, want a warning about allkeys-lru", errOut.String())
 	}
 	cancel()

@@ -30,10 +30,12 @@ type config struct {
 	redisAllowEviction                          bool
 	objectTTL, markerTTL                        time.Duration
 	svc                                         service.Config
+	ops                                         opsConfig
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{}
+	d := service.DefaultConfig()
 	fs := flag.NewFlagSet("lockservice", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -42,30 +44,37 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	fs.StringVar(&c.host, "host", "127.0.0.1", "embedded nats-server: listen address")
 	fs.IntVar(&c.port, "port", 4222, "embedded nats-server: client port")
-	fs.StringVar(&c.dataDir, "data-dir", "lockservice-data", "embedded nats-server: JetStream data directory")
+	fs.StringVar(&c.dataDir, "data-dir", "lockservice-data", "embedded nats-server: JetStream data directory (with -c: the file's store_dir unless given); keep it, it holds the fencing-token sequence; locked (lockservice.lock) while in use")
 	fs.StringVar(&c.confFile, "c", "", "embedded nats-server: nats.conf file (--host/--port/--data-dir given explicitly override it)")
-	fs.StringVar(&c.natsURL, "nats-url", "", "use this NATS (e.g. nats://user:pass@host:4222) instead of the embedded server")
+	fs.StringVar(&c.natsURL, "nats-url", "", "use this NATS instead of the embedded server: a URL, or a comma-separated list of a cluster's seed URLs (nats://user:pass@host1:4222,nats://host2:4222); needs nats-server 2.12+ with JetStream")
 	fs.StringVar(&c.natsCreds, "nats-creds", "", "credentials file for --nats-url")
-	fs.StringVar(&c.svc.Prefix, "prefix", "lock", "first subject token of every endpoint and event")
-	fs.DurationVar(&c.svc.DefaultTTL, "default-ttl", 30*time.Second, "lease length when a request gives no ttl_ms")
-	fs.DurationVar(&c.svc.MaxTTL, "max-ttl", 10*time.Minute, "longest lease a request may ask for")
-	fs.DurationVar(&c.svc.MaxWait, "max-wait", 10*time.Minute, "longest wait_ms a request may ask for")
-	fs.DurationVar(&c.svc.LockDelay, "lock-delay", 0, "lock-delay of leases whose acquire gives no lock_delay_ms: after such a lease expires or is forced, nobody gets the key for this long (a release hands over at once); 0: none")
-	fs.DurationVar(&c.svc.MaxLockDelay, "max-lock-delay", time.Minute, "longest lock_delay_ms a request may ask for")
-	fs.IntVar(&c.svc.MaxWaiters, "max-waiters", 100_000, "parked acquire/wait requests per instance before 503")
-	fs.IntVar(&c.svc.MaxWaitersPerKey, "max-waiters-per-key", 10_000, "parked acquire/wait requests per key on an instance before 503")
-	fs.IntVar(&c.svc.MaxValueBytes, "max-value-bytes", 512<<10, "largest state object accepted")
+	fs.StringVar(&c.svc.Prefix, "prefix", d.Prefix, "first subject token of every endpoint and event")
+	fs.DurationVar(&c.svc.DefaultTTL, "default-ttl", d.DefaultTTL, "lease length when a request gives no ttl_ms")
+	fs.DurationVar(&c.svc.MaxTTL, "max-ttl", d.MaxTTL, "longest lease a request may ask for")
+	fs.DurationVar(&c.svc.MaxWait, "max-wait", d.MaxWait, "longest wait_ms a request may ask for")
+	fs.DurationVar(&c.svc.LockDelay, "lock-delay", d.LockDelay, "lock-delay of leases whose acquire gives no lock_delay_ms: after such a lease expires or is forced, nobody gets the key for this long (a release hands over at once); 0: none")
+	fs.DurationVar(&c.svc.MaxLockDelay, "max-lock-delay", d.MaxLockDelay, "longest lock_delay_ms a request may ask for")
+	fs.IntVar(&c.svc.MaxWaiters, "max-waiters", d.MaxWaiters, "parked acquire/wait requests per instance before 503")
+	fs.IntVar(&c.svc.MaxWaitersPerKey, "max-waiters-per-key", d.MaxWaitersPerKey, "parked acquire/wait requests per key on an instance before 503")
+	fs.IntVar(&c.svc.MaxValueBytes, "max-value-bytes", d.MaxValueBytes, "largest state object accepted")
 	fs.DurationVar(&c.objectTTL, "object-ttl", 0, "state objects expire this long after their last write (0 = never)")
 	fs.DurationVar(&c.markerTTL, "marker-ttl", 0, "jetstream: how long release and expiry markers stay (get reports the last token while they do); at least --max-ttl, which it defaults to (a marker must outlive the leases it ends: see docs/STORES.md)")
 	fs.StringVar(&c.storeKind, "store", "jetstream", "where lock state lives: jetstream or redis")
-	fs.StringVar(&c.bucket, "bucket", "lockservice", "jetstream: KV bucket name (never delete it: tokens restart)")
-	fs.IntVar(&c.replicas, "replicas", 1, "jetstream: bucket replicas (3 or 5 on a cluster for fault tolerance)")
+	fs.StringVar(&c.bucket, "bucket", jsstore.DefaultBucket, "jetstream: KV bucket name (never delete it: tokens restart)")
+	fs.IntVar(&c.replicas, "replicas", jsstore.DefaultReplicas, "jetstream: bucket replicas (3 or 5 on a cluster for fault tolerance)")
 	fs.StringVar(&c.redisURL, "redis-url", "redis://127.0.0.1:6379/0", "redis: URL, redis:// or rediss:// (TLS), with user:password@ if needed")
 	fs.StringVar(&c.redisMode, "redis-mode", "single", "redis: single, cluster (more nodes as &addr=host:port) or sentinel (?master_name=...&addr=...)")
 	fs.IntVar(&c.redisReplicas, "redis-replicas", 0, "redis: replicas each write must reach (WAIT) before it is acknowledged")
 	fs.BoolVar(&c.redisAllowEviction, "redis-allow-eviction", false, "redis: start even if maxmemory-policy is not noeviction or cannot be read (evicted leases mean two holders, evicted fence counters repeated tokens)")
+	c.ops.register(fs, &c.svc)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if err := c.ops.parsed(fs); err != nil {
+		return nil, err
+	}
+	if c.ops.version {
+		return c, nil
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (flags start with -; the commands are serve, lock, get and ls)", fs.Arg(0))
@@ -96,12 +105,28 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if c.ops.version {
+		_, err := fmt.Fprintln(stdout, versionText())
+		return err
+	}
+	log := newLogger(stderr, c.ops.logFormat, c.ops.logLevel)
+	c.svc.Logger = log
+	if c.ops.logFormat == "json" {
+		stdout = io.Discard // the banner is for people; the start line has it all
+	}
+	mon, err := startMonitor(c.ops.metricsAddr, log)
+	if err != nil {
+		return err
+	}
+	defer mon.close()
+	c.svc.Observer = mon.observer()
 	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 
 	var st store.Store
 	var closeStore func()
 	if c.storeKind == "redis" {
+		useRedisLogger(log)
 		rdb, err := redisClient(c.redisURL, c.redisMode)
 		if err != nil {
 			return err
@@ -115,7 +140,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("redis at %s: %w", redactURL(c.redisURL), err)
 		}
 		for _, w := range rs.Warnings() {
-			fmt.Fprintln(stderr, "lockservice: warning:", w)
+			log.Warn(w)
 		}
 		st, closeStore = rs, func() { rs.Close() }
 		defer closeStore()
@@ -123,17 +148,20 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	jsCfg := jsstore.Config{Bucket: c.bucket, Replicas: c.replicas, ObjectTTL: c.objectTTL, MarkerTTL: c.markerTTL,
 		// Records lockservice did not write, leases the server failed to
 		// expire, watcher rebuilds.
-		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+		Logger: log.With(slog.String("component", "store"))}
 
 	if c.natsURL == "" {
-		opts := []embedded.Option{embedded.WithServiceConfig(c.svc), embedded.WithStoreConfig(jsCfg)}
+		opts := []embedded.Option{embedded.WithServiceConfig(c.svc), embedded.WithStoreConfig(jsCfg), embedded.WithLogger(log)}
 		if c.confFile != "" {
 			opts = append(opts, embedded.WithConfigFile(c.confFile))
 		}
-		explicit := map[string]bool{}
-		fsVisit(args, func(name string) { explicit[name] = true })
+		explicit := c.ops.explicit
 		if c.confFile == "" || explicit["host"] || explicit["port"] {
-			opts = append(opts, embedded.WithListen(c.host, c.port))
+			host, port, err := embeddedListen(c)
+			if err != nil {
+				return err
+			}
+			opts = append(opts, embedded.WithListen(host, port))
 		}
 		if c.confFile == "" || explicit["data-dir"] {
 			opts = append(opts, embedded.WithDataDir(c.dataDir))
@@ -153,17 +181,21 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer srv.Close()
+		c.dataDir = srv.DataDir()
+		mon.serving(srv.Service(), c.storeKind, c.svc.Prefix)
+		logStarted(log, c, srv.URL, srv.Service().ID())
 		fmt.Fprintf(stdout, "lockservice %s: embedded nats-server on %s (%s)\n", service.Version, srv.URL, storeLine(c))
 		fmt.Fprintf(stdout, "try:  nats -s %s req %s.acquire.demo '{\"ttl_ms\":5000}'\n", srv.URL, c.svc.Prefix)
 		fmt.Fprintf(stdout, "      nats -s %s micro info lockservice\n", srv.URL)
 		<-ctx.Done()
+		log.Info("shutting down")
 		fmt.Fprintln(stdout, "lockservice: shutting down")
 		return nil
 	}
 
 	// NoEcho: the instance's own events are not delivered back to it. The
 	// connection is the instance's alone, so nothing else is hidden.
-	nc, err := connectNATS(c.natsURL, c.natsCreds, "lockservice", nats.NoEcho())
+	nc, err := connectNATS(c.natsURL, c.natsCreds, "lockservice", append(natsLogOptions(log), nats.NoEcho())...)
 	if err != nil {
 		return fmt.Errorf("%w (is nats-server running? start one, or drop --nats-url to use the embedded server)", err)
 	}
@@ -180,8 +212,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	mon.serving(svc, c.storeKind, c.svc.Prefix)
+	logStarted(log, c, nc.ConnectedUrlRedacted(), svc.ID())
 	fmt.Fprintf(stdout, "lockservice %s: serving %s.<op>.<key> on %s (%s), instance %s\n", service.Version, c.svc.Prefix, nc.ConnectedUrlRedacted(), storeLine(c), svc.ID())
 	<-ctx.Done()
+	log.Info("shutting down")
 	fmt.Fprintln(stdout, "lockservice: shutting down")
 	return svc.Stop()
 }
@@ -211,23 +246,9 @@ func dataDirInUse(e *embedded.DataDirInUseError, c *config, dataDirFlag bool) er
 	return errors.New(msg + " (two servers on one directory would both grant the same locks)")
 }
 
-// fsVisit calls fn with the name of each flag given in args.
-func fsVisit(args []string, fn func(string)) {
-	for _, a := range args {
-		if !strings.HasPrefix(a, "-") {
-			continue
-		}
-		name := strings.TrimLeft(a, "-")
-		if i := strings.IndexByte(name, '='); i >= 0 {
-			name = name[:i]
-		}
-		fn(name)
-	}
-}
-
 func storeLine(c *config) string {
 	if c.storeKind == "redis" {
-		return fmt.Sprintf("store redis at %s", redactURL(c.redisURL))
+		return fmt.Sprintf("store redis at %s", redactStoreURL(c.redisURL))
 	}
 	if c.natsURL == "" {
 		return fmt.Sprintf("store jetstream bucket %s, data in %s", c.bucket, c.dataDir)
