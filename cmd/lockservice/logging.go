@@ -49,7 +49,10 @@ func checkLogFlags(format, level string) error {
 // consumer (ERROR).
 func natsLogOptions(log *slog.Logger) []nats.Option {
 	return []nats.Option{
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			if nc.IsClosed() {
+				return // closed by Close: ClosedHandler says so
+			}
 			log.Warn("NATS disconnected: reconnecting", slog.Any("err", err))
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {

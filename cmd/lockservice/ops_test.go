@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/lockservice/lockservice/internal/testsrv"
@@ -442,4 +443,48 @@ func TestReadyzFollowsTheStore(t *testing.T) {
 	}
 	r.Restart(t)
 	ready(200)
+}
+
+// startNATSAt runs a nats-server with JetStream on port, data in dir.
+func startNATSAt(t *testing.T, port int, dir string) *server.Server {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{ServerName: "ops", Host: "127.0.0.1", Port: port,
+		JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s
+}
+
+// TestNATSDisconnectLogged: with --nats-url, losing the NATS server is
+// logged, /readyz says the connection is down, and the reconnection is
+// logged once the server is back; stopping logs no disconnect.
+func TestNATSDisconnectLogged(t *testing.T) {
+	port, mport := testsrv.FreePort(t), testsrv.FreePort(t)
+	dir := t.TempDir()
+	ns := startNATSAt(t, port, dir)
+	base := fmt.Sprintf("http://127.0.0.1:%d", mport)
+	s := startServe(t, []string{"--nats-url", ns.ClientURL(), "--metrics-addr", fmt.Sprintf("127.0.0.1:%d", mport)}, "serving", false)
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	waitFor(t, &s.errOut, `msg="NATS disconnected: reconnecting"`, s.errc)
+	if code, body := get(t, base+"/readyz"); code != 503 || !strings.Contains(body, "NATS connection") {
+		t.Errorf("/readyz with NATS down = %d %q, want 503 naming the NATS connection", code, body)
+	}
+	startNATSAt(t, port, dir)
+	waitFor(t, &s.errOut, `msg="NATS reconnected"`, s.errc)
+	if err := s.stop(t); err != nil {
+		t.Errorf("run = %v", err)
+	}
+	// The close's callbacks run in order: the disconnect one, if any,
+	// before this.
+	waitFor(t, &s.errOut, `msg="NATS connection closed"`, nil)
+	if n := strings.Count(s.errOut.String(), "NATS disconnected"); n != 1 {
+		t.Errorf("%d disconnect lines, want 1 (stopping is no disconnect):\n%s", n, s.errOut.String())
+	}
 }
