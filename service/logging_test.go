@@ -12,6 +12,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/lockservice/lockservice/internal/storegate"
 	"github.com/lockservice/lockservice/store"
 	"github.com/lockservice/lockservice/store/memstore"
 )
@@ -268,6 +269,56 @@ func TestObserverToldOfAnswersAndStoreCalls(t *testing.T) {
 		wantCalls := []string{"acquire ok", "release not_held", "refresh not_held", "get ok"}
 		if fmt.Sprint(obs.answers) != fmt.Sprint(wantAnswers) || fmt.Sprint(obs.calls) != fmt.Sprint(wantCalls) {
 			t.Errorf("observed answers %q, store calls %q; want %q, %q", obs.answers, obs.calls, wantAnswers, wantCalls)
+		}
+	})
+}
+
+// TestRecoveryLoggedOncePerIntervalAndNeverLost: a store that fails and
+// answers by turns logs its first recovery at once; a later one within the
+// interval is held back and logged when the interval ends, unless the
+// store fails again by then. Failures of one cause are logged once per
+// interval.
+func TestRecoveryLoggedOncePerIntervalAndNeverLost(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var logs logBuffer
+		h := newHarness(t, false, Config{HealthInterval: 10 * time.Second, Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+		down := fmt.Errorf("%w: connection refused", store.ErrUnavailable)
+		get := func(fail bool) {
+			t.Helper()
+			if fail {
+				held := h.gate.Hold(storegate.Get, "k")
+				held.Fail(down)
+				held.Open()
+			}
+			h.answer(h.send("get", "k", ""))
+		}
+		get(true)
+		get(false) // recovered: logged at once
+		get(true)
+		get(false) // recovered again within the interval: held back
+		if n := len(logs.lines(t, "store recovered")); n != 1 {
+			t.Fatalf("%d recovery lines before the interval ended, want 1", n)
+		}
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		rec := logs.lines(t, "store recovered")
+		if len(rec) != 2 || rec[1]["failed_calls"] != 1.0 {
+			t.Fatalf("recovery lines after the interval = %v, want a second one", rec)
+		}
+		if fails := logs.lines(t, "store call failed"); len(fails) != 1 {
+			t.Errorf("failure lines = %v, want one (one cause, one interval)", fails)
+		}
+
+		get(true)
+		get(false) // held back: the interval since the last recovery line has not ended
+		get(true)  // fails again before it ends: the held-back recovery is not logged
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		if rec := logs.lines(t, "store recovered"); len(rec) != 2 {
+			t.Errorf("recovery lines = %v, want still 2: the store failed again before the held-back one was due", rec)
+		}
+		if err, _ := h.s.health.state(time.Now(), time.Hour); !errors.Is(err, ErrNotReady) {
+			t.Errorf("health after the last failure = %v, want ErrNotReady", err)
 		}
 	})
 }

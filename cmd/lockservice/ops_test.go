@@ -158,7 +158,7 @@ func TestServeFromEnvironment(t *testing.T) {
 }
 
 // TestConfigFileHostKeepsItsPort: -c with --host alone keeps the file's
-// port (it used to become 4222), and the banner names the data directory
+// port, not the flag's default 4222, and the banner names the data directory
 // the server really uses, the file's store_dir.
 func TestConfigFileHostKeepsItsPort(t *testing.T) {
 	dir := t.TempDir()
