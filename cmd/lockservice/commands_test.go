@@ -160,6 +160,9 @@ func TestGetErrorAnswer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil { // the server has the subscription before the command asks
+		t.Fatal(err)
+	}
 	code, stdout, stderr := runCLI(t, "get", "--nats-url", srv.ClientURL(), "--prefix", "fake", "k")
 	if code != exitFailure || stdout != "" || !strings.Contains(stderr, "503 store unavailable") {
 		t.Errorf("get answered 503: exit %d, stdout %q, stderr %q; want 1 and the code and message", code, stdout, stderr)
@@ -188,6 +191,9 @@ func TestLsPages(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil { // the server has the subscription before the command asks
+		t.Fatal(err)
+	}
 
 	code, stdout, stderr := runCLI(t, "ls", "--nats-url", srv.ClientURL(), "--prefix", "fake", "--prefix-filter", "jobs.")
 	lines := strings.Split(strings.TrimSpace(stdout), "\n")
