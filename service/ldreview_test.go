@@ -1,0 +1,52 @@
+package service_test
+
+import (
+	"testing"
+
+	"github.com/lockservice/lockservice/internal/testsrv"
+	"github.com/lockservice/lockservice/service"
+)
+
+// Review of the lock-delay feature: tests that show bugs.
+
+// TestLockDelayInvalidWaiterBreaksRelease: on JetStream a lease plus its
+// lock-delay must fit in the bucket's marker TTL (10m by default, the same
+// as the service's max TTL), which the service cannot check at admission:
+// an acquire of ttl_ms 600000 with a lock-delay is refused by the store
+// (400) at its first attempt. A request parked behind the head of the
+// queue makes no attempt, so it can become the head when the holder
+// releases: the hand-off's Transfer then fails for the waiter's options,
+// and the holder's valid release is answered 400 (the waiter's error) and
+// does not happen.
+func TestLockDelayInvalidWaiterBreaksRelease(t *testing.T) {
+	srv, svcs := deployment(t, jetstreamBackend(), 1, service.Config{})
+	url := srv.ClientURL()
+	nc := testsrv.Connect(t, srv)
+	a, code, msg := raw(t, nc, "lock.acquire.inv", `{"ttl_ms":30000}`)
+	if code != 0 || a["acquired"] != true {
+		t.Fatalf("acquire = %v %d %q", a, code, msg)
+	}
+	w1 := ask(t, url, "lock.acquire.inv", `{"ttl_ms":30000,"wait_ms":15000}`)
+	waitParked(t, svcs[0], 1)
+	w2 := ask(t, url, "lock.acquire.inv", `{"ttl_ms":600000,"lock_delay_ms":1000,"wait_ms":15000}`)
+	waitParked(t, svcs[0], 2)
+	if r, code, msg := raw(t, nc, "lock.release.inv", `{"lock_id":"`+a["lock_id"].(string)+`"}`); code != 0 || r["released"] != true {
+		t.Fatalf("release by the holder = %v %d %q", r, code, msg)
+	}
+	g1 := await(t, w1, "first parked acquire")
+	if g1.code != 0 || g1.body["acquired"] != true {
+		t.Fatalf("first parked acquire = %v %d %q", g1.body, g1.code, g1.msg)
+	}
+	// The first waiter's release must succeed whatever the second asked.
+	r, code, msg := raw(t, nc, "lock.release.inv", `{"lock_id":"`+g1.body["lock_id"].(string)+`"}`)
+	if code != 0 || r["released"] != true {
+		t.Errorf("release by a holder with an invalid request parked behind it = %v %d %q, want released:true", r, code, msg)
+	}
+	g2 := await(t, w2, "invalid parked acquire")
+	if g2.code != 400 {
+		t.Errorf("parked acquire with ttl_ms+lock_delay_ms over the bucket's marker TTL = %v %d %q, want 400", g2.body, g2.code, g2.msg)
+	}
+	if g, _, _ := raw(t, nc, "lock.get.inv", `{}`); g["locked"] != false {
+		t.Errorf("get after the release = %v, want unlocked", g)
+	}
+}
