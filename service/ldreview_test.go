@@ -1,7 +1,9 @@
 package service_test
 
 import (
+	"encoding/json"
 	"testing"
+	"time"
 
 	"github.com/lockservice/lockservice/internal/testsrv"
 	"github.com/lockservice/lockservice/service"
@@ -49,4 +51,42 @@ func TestLockDelayInvalidWaiterBreaksRelease(t *testing.T) {
 	if g, _, _ := raw(t, nc, "lock.get.inv", `{}`); g["locked"] != false {
 		t.Errorf("get after the release = %v, want unlocked", g)
 	}
+}
+
+// TestLockDelayForcedExpiredEventOnEveryBackend: after a force of a lease
+// with a lock-delay, the key cannot be taken until the delay ends; the
+// released event comes at the force, when an acquire would still be
+// refused. With JetStream the service publishes the expired event when the
+// delay ends (the store reports the blocker's removal), which tells
+// listeners the key can now be taken. With Redis nothing is published at
+// the delay's end unless a request happens to be parked on an instance
+// (then that instance's attempt publishes it): the events a listener gets
+// depend on the backend and on who else is waiting.
+func TestLockDelayForcedExpiredEventOnEveryBackend(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		t.Parallel()
+		srv, _ := deployment(t, b, 1, service.Config{})
+		nc := testsrv.Connect(t, srv)
+		expired, err := nc.SubscribeSync("lock.expired.fx")
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, code, msg := raw(t, nc, "lock.acquire.fx", `{"ttl_ms":30000,"lock_delay_ms":1000}`)
+		if code != 0 || a["acquired"] != true {
+			t.Fatalf("acquire = %v %d %q", a, code, msg)
+		}
+		if f, code, msg := raw(t, nc, "lock.admin.force.fx", `{"reason":"test"}`); code != 0 || f["forced"] != true {
+			t.Fatalf("force = %v %d %q", f, code, msg)
+		}
+		m, err := expired.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("no expired event within 10s of the end of the lock-delay (1s) of a forced lease: %v", err)
+		}
+		var ev struct {
+			Token float64 `json:"token"`
+		}
+		if err := json.Unmarshal(m.Data, &ev); err != nil || ev.Token != a["token"] {
+			t.Errorf("expired event %s, want the forced lease's token %v", m.Data, a["token"])
+		}
+	})
 }
