@@ -90,3 +90,28 @@ func TestLockDelayForcedExpiredEventOnEveryBackend(t *testing.T) {
 		}
 	})
 }
+
+// TestLockDelayIdempotentRetryReportsTheLeasesDelay: an acquire retried
+// with the same lock id returns the same grant, unchanged (its lock-delay
+// included), but the answer's lock_delay_ms is the retry's request's
+// (here: none), not the lease's: the caller is told its lease has no
+// lock-delay when it has one, and vice versa.
+func TestLockDelayIdempotentRetryReportsTheLeasesDelay(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		t.Parallel()
+		srv, _ := deployment(t, b, 1, service.Config{})
+		nc := testsrv.Connect(t, srv)
+		const id = "ldreview-retry-lock-id-0001"
+		a, code, msg := raw(t, nc, "lock.acquire.rt", `{"lock_id":"`+id+`","ttl_ms":30000,"lock_delay_ms":5000}`)
+		if code != 0 || a["acquired"] != true || a["lock_delay_ms"] != float64(5000) {
+			t.Fatalf("acquire = %v %d %q", a, code, msg)
+		}
+		r, code, msg := raw(t, nc, "lock.acquire.rt", `{"lock_id":"`+id+`","ttl_ms":30000}`)
+		if code != 0 || r["acquired"] != true || r["token"] != a["token"] {
+			t.Fatalf("retry = %v %d %q, want the same grant", r, code, msg)
+		}
+		if r["lock_delay_ms"] != float64(5000) {
+			t.Errorf("retry of the acquire = %v, want the lease's lock_delay_ms 5000 (the grant is unchanged)", r)
+		}
+	})
+}
