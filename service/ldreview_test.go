@@ -115,3 +115,30 @@ func TestLockDelayIdempotentRetryReportsTheLeasesDelay(t *testing.T) {
 		}
 	})
 }
+
+// TestLockDelayWaitZeroInTheDelay: wait answers "once the key is seen
+// unlocked and out of any lock-delay (it could be taken)" (PROTOCOL.md);
+// a parked wait is, but a wait with wait_ms 0 (the immediate check) says
+// the key is free while the lock-delay of a forced lease still keeps it
+// from everyone (an acquire right after is refused).
+func TestLockDelayWaitZeroInTheDelay(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		t.Parallel()
+		srv, _ := deployment(t, b, 1, service.Config{})
+		nc := testsrv.Connect(t, srv)
+		a, code, msg := raw(t, nc, "lock.acquire.w0", `{"ttl_ms":30000,"lock_delay_ms":30000}`)
+		if code != 0 || a["acquired"] != true {
+			t.Fatalf("acquire = %v %d %q", a, code, msg)
+		}
+		if f, code, msg := raw(t, nc, "lock.admin.force.w0", `{"reason":"test"}`); code != 0 || f["forced"] != true {
+			t.Fatalf("force = %v %d %q", f, code, msg)
+		}
+		w, code, msg := raw(t, nc, "lock.wait.w0", `{}`)
+		if code != 408 {
+			t.Errorf("wait with wait_ms 0 in the 30s lock-delay of a forced lease = %v %d %q, want 408 (the key cannot be taken)", w, code, msg)
+		}
+		if try, code, _ := raw(t, nc, "lock.acquire.w0", `{}`); code != 0 || try["acquired"] != false || try["delay_ms"] == nil {
+			t.Errorf("try in the lock-delay = %v %d, want refused with delay_ms", try, code)
+		}
+	})
+}
