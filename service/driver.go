@@ -407,6 +407,13 @@ func (s *Service) handOff(ctx context.Context, key, fromID string, u store.Updat
 		return false, nil
 	}
 	g, err := tr.Transfer(ctx, key, fromID, u, head.id, head.opts)
+	// ErrInvalid: the store refused the request and changed nothing, for
+	// u or for the head's options (a JetStream bucket cannot hold a lease
+	// plus lock-delay longer than its marker TTL, which a request parked
+	// behind the head was never checked against). The head then asks the
+	// store itself (and is answered 400 if it is the cause), and the caller
+	// releases as if nobody were parked.
+	invalid := errors.Is(err, store.ErrInvalid)
 	var out outcome
 	s.mu.Lock()
 	a := attempt{grant: g, err: err, n: n}
@@ -436,6 +443,9 @@ func (s *Service) handOff(ctx context.Context, key, fromID string, u store.Updat
 		s.publishEventMsg(api.EventReleased, api.Event{Key: key, HandedOff: true})
 	}
 	s.carryOut(out)
+	if invalid {
+		return false, nil
+	}
 	return true, err
 }
 
