@@ -142,3 +142,29 @@ func TestLockDelayWaitZeroInTheDelay(t *testing.T) {
 		}
 	})
 }
+
+// TestLockDelayRefusalNamesTheEndedLease: PROTOCOL.md: a try refused by a
+// lock-delay carries delay_ms and "token/owner are the ended lease's".
+// Redis's refusal has the token but not the owner label (the delay key
+// holds only the token).
+func TestLockDelayRefusalNamesTheEndedLease(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		t.Parallel()
+		srv, _ := deployment(t, b, 1, service.Config{})
+		nc := testsrv.Connect(t, srv)
+		a, code, msg := raw(t, nc, "lock.acquire.own", `{"ttl_ms":30000,"lock_delay_ms":30000,"owner":"batch-7"}`)
+		if code != 0 || a["acquired"] != true {
+			t.Fatalf("acquire = %v %d %q", a, code, msg)
+		}
+		if f, code, msg := raw(t, nc, "lock.admin.force.own", `{"reason":"test"}`); code != 0 || f["forced"] != true {
+			t.Fatalf("force = %v %d %q", f, code, msg)
+		}
+		try, code, _ := raw(t, nc, "lock.acquire.own", `{}`)
+		if code != 0 || try["acquired"] != false || try["delay_ms"] == nil {
+			t.Fatalf("try in the lock-delay = %v %d, want refused with delay_ms", try, code)
+		}
+		if try["token"] != a["token"] || try["owner"] != "batch-7" {
+			t.Errorf("try in the lock-delay = %v, want the ended lease's token %v and owner \"batch-7\"", try, a["token"])
+		}
+	})
+}
