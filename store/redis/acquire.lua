@@ -5,8 +5,9 @@
 -- KEYS[1] lock hash (h holder, o owner, t token, l lease ms, d lock-delay ms)
 -- KEYS[2] fence counter (INCR, never reset)
 -- KEYS[3] state object
--- KEYS[4] delay key: the token of the last lease, living until its
---         lock-delay after its end (absent when the lease has none)
+-- KEYS[4] delay key: the token and owner label of the last lease ("token
+--         owner"), living until its lock-delay after its end (absent when
+--         the lease has none)
 -- ARGV[1] holder (hex of sha256(lock id)[:16])
 -- ARGV[2] owner label
 -- ARGV[3] lease length in ms
@@ -17,14 +18,19 @@
 --   status 1: granted now; 2: already held by this holder (the same grant,
 --   unchanged); 0: held by another holder, pttl = until the key can be
 --   granted (only the first five fields); 3: the lease ended and its
---   lock-delay runs for pttl more (token of the ended lease, no owner).
+--   lock-delay runs for pttl more (token and owner of the ended lease).
 local lock, fence, obj, dkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local cur = redis.call('HMGET', lock, 'h', 'o', 't', 'l')
 local status, token, owner, lease
 if not cur[1] then
   local delayed = redis.call('GET', dkey)
   if delayed then
-    return {3, delayed, '', '0', redis.call('PTTL', dkey)}
+    local tok, own = delayed, ''
+    local sp = string.find(delayed, ' ', 1, true)
+    if sp then
+      tok, own = string.sub(delayed, 1, sp - 1), string.sub(delayed, sp + 1)
+    end
+    return {3, tok, own, '0', redis.call('PTTL', dkey)}
   end
 end
 if cur[1] then

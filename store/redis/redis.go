@@ -17,7 +17,8 @@
 //     with PEXPIRE ObjectTTL after each write when ObjectTTL is set, and no
 //     expiry otherwise.
 //   - <ns>:{<key>}:delay exists only for a lease with a lock-delay
-//     (AcquireOptions.Delay; hash field d of the lease): the lease's token,
+//     (AcquireOptions.Delay; hash field d of the lease): the lease's token
+//     and owner label ("token owner"),
 //     expiring the delay after the lease (set again by each refresh, and by
 //     Force to the delay from then; deleted by a release). While it exists
 //     without a lease, nobody is granted the key.
