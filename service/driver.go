@@ -549,7 +549,7 @@ func grantResponse(w *waiter, g store.Grant) api.AcquireResponse {
 	return api.AcquireResponse{
 		Acquired: true, Key: w.key, LockID: w.id, Token: g.Token,
 		TTLms: g.TTL.Milliseconds(), ExpiresAt: api.FormatTime(g.ExpiresAt),
-		Owner: g.Owner, Value: g.Value, LockDelayMs: ceilMs(w.opts.Delay),
+		Owner: g.Owner, Value: g.Value, LockDelayMs: ceilMs(g.Delay),
 	}
 }
 

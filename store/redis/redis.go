@@ -541,10 +541,11 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 		lease.ExpiresAt = time.Time{} // it has ended
 		return store.Grant{}, &store.LockedError{Key: key, Lease: lease, ExpiresIn: max(left, time.Millisecond), Delayed: true}
 	}
-	if len(r.a) < 7 {
+	if len(r.a) < 8 {
 		return store.Grant{}, fmt.Errorf("redis: unexpected acquire reply %v", raw)
 	}
 	v := r.value(5)
+	lease.Delay = time.Duration(r.int(7)) * time.Millisecond
 	if r.err != nil {
 		return store.Grant{}, r.err
 	}
@@ -689,11 +690,12 @@ func (s *Store) Transfer(ctx context.Context, key, fromID string, u store.Update
 		}
 		return store.Grant{}, store.ErrNotHeld
 	}
-	if len(r.a) < 7 {
+	if len(r.a) < 8 {
 		return store.Grant{}, fmt.Errorf("redis: unexpected transfer reply %v", raw)
 	}
 	lease, _ := r.lease(1, sent)
 	v := r.value(5)
+	lease.Delay = time.Duration(r.int(7)) * time.Millisecond
 	if r.err != nil {
 		return store.Grant{}, r.err
 	}
