@@ -327,6 +327,10 @@ func (s *Service) settleWatchersLocked(key string, ks *keyState, info store.Info
 	case err == nil && !info.Locked:
 		if ks.expiring != 0 {
 			out.expired = append(out.expired, store.Event{Kind: store.Expired, Key: key, Token: ks.expiring})
+			if lw := s.watches[key]; lw != nil && lw.token == ks.expiring {
+				// The timer for the end of its lock-delay: announced now.
+				s.unwatchLeaseLocked(key)
+			}
 			ks.expiring = 0
 		}
 		for _, w := range ks.q.waits() {
