@@ -2,11 +2,17 @@ package service
 
 import (
 	"encoding/json"
+	"fmt"
+	"strconv"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/lockservice/lockservice/service/api"
 	"github.com/lockservice/lockservice/store"
+	"github.com/lockservice/lockservice/store/memstore"
 )
 
 // Review of the lock-delay feature in virtual time (testing/synctest,
@@ -200,4 +206,69 @@ func TestLockDelayOneExpiredEventWhenAWaitSeesTheEnd(t *testing.T) {
 			t.Errorf("%d expired events for one lease that expired, want 1", n)
 		}
 	})
+}
+
+// TestLockDelayForcedHereOneExpiredEvent (stores without Notifier): a lease
+// with a lock-delay forced through this instance has its expiry published
+// once, when the delay ends, whether or not a request is parked here.
+func TestLockDelayForcedHereOneExpiredEvent(t *testing.T) {
+	for _, parked := range []bool{false, true} {
+		t.Run(fmt.Sprintf("parked=%v", parked), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				h := newAdminHarness(t)
+				key := "ld.forcehere"
+				_, token := h.delayHolder(key, time.Minute, 5*time.Second)
+				var reply string
+				if parked {
+					reply = h.send("acquire", key, acquireBody(newLockID(), 60000, 10000, ""))
+				}
+				h.mu.Lock()
+				h.n++
+				fr := "_INBOX.h.force." + strconv.Itoa(h.n)
+				h.mu.Unlock()
+				h.s.adminForce(&request{key: key, reply: fr, data: []byte(`{"reason":"test"}`), received: time.Now(),
+					stats: h.s.stats.ops[api.OpAdminForce], finish: func() {}})
+				if v, e := h.answer(fr); e != "" || v["forced"] != true {
+					t.Fatalf("force = %v %s", v, e)
+				}
+				time.Sleep(4 * time.Second)
+				if n := h.expiredEvents(key, token); n != 0 {
+					t.Errorf("%d expired events in the lock-delay, want 0", n)
+				}
+				time.Sleep(2 * time.Second)
+				if parked {
+					h.acquired("parked acquire", reply)
+				}
+				time.Sleep(5 * time.Second)
+				if n := h.expiredEvents(key, token); n != 1 {
+					t.Errorf("%d expired events after the lock-delay of the forced lease, want 1", n)
+				}
+			})
+		})
+	}
+}
+
+// plainAdmin is a store without Notifier (as Redis) that has Admin.
+type plainAdmin struct {
+	store.Store
+	store.Admin
+}
+
+// newAdminHarness is newHarness for stores without Notifier, with Admin
+// and without the gate.
+func newAdminHarness(t *testing.T) *harness {
+	t.Helper()
+	srv, err := memstore.NewServer(memstore.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	ms := memstore.New(srv)
+	cfg := Config{}
+	cfg.SetDefaults()
+	h := &harness{t: t, other: memstore.New(srv), msgs: make(map[string][]*nats.Msg)}
+	h.s = newService(plainAdmin{ms, ms}, cfg, h.capture)
+	h.s.id = "harness"
+	t.Cleanup(func() { h.s.Stop() })
+	return h
 }
