@@ -498,6 +498,17 @@ func (r *reply) lease(i int, sent time.Time) (l store.Lease, left time.Duration)
 	return l, left
 }
 
+// acquireWrote reports an acquire reply after which replicas must have
+// the grant: granted (1) or granted before (2, moved past it); a refusal
+// (0 held, 3 in a lock-delay) changes nothing.
+func acquireWrote(r any) bool {
+	if a, ok := r.([]any); ok && len(a) > 0 {
+		n, _ := a[0].(int64)
+		return n == 1 || n == 2
+	}
+	return false
+}
+
 func statusNonZero(r any) bool {
 	if a, ok := r.([]any); ok && len(a) > 0 {
 		n, _ := a[0].(int64)
@@ -522,7 +533,7 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 	}
 	lock, fence, obj := s.keys(key)
 	sent := time.Now()
-	raw, err := s.run(ctx, acquireScript, statusNonZero, []string{lock, fence, obj, s.delayKey(key)},
+	raw, err := s.run(ctx, acquireScript, acquireWrote, []string{lock, fence, obj, s.delayKey(key)},
 		holder(lockID), opts.Owner, millis(opts.TTL), s.mark, delayMillis(opts.Delay))
 	if err != nil {
 		return store.Grant{}, err
