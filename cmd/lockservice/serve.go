@@ -83,9 +83,17 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.markerTTL == 0 {
 		c.markerTTL = max(c.svc.MaxTTL, time.Second)
+		if c.svc.LockDelay > 0 {
+			// Every acquire that gives no lock_delay_ms gets --lock-delay:
+			// the longest lease plus it must fit.
+			c.markerTTL = jsstore.MarkerTTLFor(c.markerTTL, c.svc.LockDelay)
+		}
 	}
 	if c.markerTTL < c.svc.MaxTTL || c.markerTTL < time.Second {
 		return nil, fmt.Errorf("--marker-ttl must be at least --max-ttl (%v) and 1s, got %v: a release or expiry marker must outlive the longest lease, or a file store that loses removals in a crash can bring a lease back (docs/STORES.md)", c.svc.MaxTTL, c.markerTTL)
+	}
+	if need := jsstore.MarkerTTLFor(c.svc.MaxTTL, c.svc.LockDelay); c.svc.LockDelay > 0 && c.markerTTL < need {
+		return nil, fmt.Errorf("--marker-ttl must be at least --max-ttl plus --lock-delay (%v, each rounded up to whole seconds), got %v: a lease message lives for its lease and its lock-delay, and every acquire without lock_delay_ms gets --lock-delay", need, c.markerTTL)
 	}
 	return c, nil
 }
