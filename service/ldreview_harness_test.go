@@ -272,3 +272,29 @@ func newAdminHarness(t *testing.T) *harness {
 	t.Cleanup(func() { h.s.Stop() })
 	return h
 }
+
+// TestLockDelayReleaseInTheDelayHandsNothingOver: the expired holder's
+// release in the lock-delay (a hand-off's Transfer for the parked head)
+// is answered released:false and hands nothing over; the head is granted
+// when the delay ends.
+func TestLockDelayReleaseInTheDelayHandsNothingOver(t *testing.T) {
+	forShapes(t, func(t *testing.T, redisLike bool) {
+		h := newHarness(t, redisLike, Config{})
+		key := "ld.lateholder"
+		holder, _ := h.delayHolder(key, 2*time.Second, 5*time.Second)
+		w := h.send("acquire", key, acquireBody(newLockID(), 60000, 10000, ""))
+		time.Sleep(3 * time.Second)
+		rel := h.send("release", key, `{"lock_id":"`+holder+`"}`)
+		if v, e := h.answer(rel); e != "" || v["released"] != false {
+			t.Fatalf("release by the expired holder in its lock-delay = %v %s, want released:false", v, e)
+		}
+		ref := h.send("refresh", key, `{"lock_id":"`+holder+`"}`)
+		if _, e := h.answer(ref); e == "" || e[:3] != "409" {
+			t.Fatalf("refresh by the expired holder in its lock-delay = %s, want 409", e)
+		}
+		time.Sleep(4*time.Second - 10*time.Millisecond)
+		h.noAnswer(w, "before the lock-delay ends")
+		time.Sleep(100 * time.Millisecond)
+		h.acquired("parked acquire", w)
+	})
+}
