@@ -204,8 +204,12 @@ func Start(opts ...Option) (*Server, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if o.store.MarkerTTL == 0 {
-			// Markers must outlive the longest lease the service grants.
+			// Markers must outlive the longest lease the service grants,
+			// with the lock-delay every acquire gets by default.
 			o.store.MarkerTTL = max(o.svc.MaxTTL, jsstore.DefaultMarkerTTL)
+			if o.svc.LockDelay > 0 {
+				o.store.MarkerTTL = jsstore.MarkerTTLFor(o.store.MarkerTTL, o.svc.LockDelay)
+			}
 		}
 		srv.store, err = jsstore.New(ctx, srv.svcNC, o.store)
 		if err != nil {

@@ -142,6 +142,16 @@ func (s *Service) adminForce(r *request) {
 	}
 	s.publishForced(r.key, l, req.Reason)
 	s.released(r.key)
+	if _, ok := s.st.(store.Notifier); !ok {
+		// A lease with a lock-delay keeps the key from everyone until the
+		// delay ends; its end is announced as the expiry (a Notifier store
+		// reports it), so this instance watches for it.
+		if info, err := s.st.Get(ctx, r.key); err == nil && !info.Locked && info.Delay > 0 {
+			s.mu.Lock()
+			s.watchLeaseLocked(r.key, l.Token, info.Delay)
+			s.mu.Unlock()
+		}
+	}
 	s.respond(r, api.ForceResponse{Key: r.key, Forced: true, Token: l.Token, Owner: l.Owner})
 }
 

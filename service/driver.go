@@ -328,6 +328,10 @@ func (s *Service) settleWatchersLocked(key string, ks *keyState, info store.Info
 	case err == nil && !info.Locked:
 		if ks.expiring != 0 {
 			out.expired = append(out.expired, store.Event{Kind: store.Expired, Key: key, Token: ks.expiring})
+			if lw := s.watches[key]; lw != nil && lw.token == ks.expiring {
+				// The timer for the end of its lock-delay: announced now.
+				s.unwatchLeaseLocked(key)
+			}
 			ks.expiring = 0
 		}
 		for _, w := range ks.q.waits() {
@@ -408,6 +412,13 @@ func (s *Service) handOff(ctx context.Context, key, fromID string, u store.Updat
 		return false, nil
 	}
 	g, err := tr.Transfer(ctx, key, fromID, u, head.id, head.opts)
+	// ErrInvalid: the store refused the request and changed nothing, for
+	// u or for the head's options (a JetStream bucket cannot hold a lease
+	// plus lock-delay longer than its marker TTL, which a request parked
+	// behind the head was never checked against). The head then asks the
+	// store itself (and is answered 400 if it is the cause), and the caller
+	// releases as if nobody were parked.
+	invalid := errors.Is(err, store.ErrInvalid)
 	var out outcome
 	s.mu.Lock()
 	a := attempt{grant: g, err: err, n: n}
@@ -437,6 +448,9 @@ func (s *Service) handOff(ctx context.Context, key, fromID string, u store.Updat
 		s.publishEventMsg(api.EventReleased, api.Event{Key: key, HandedOff: true})
 	}
 	s.carryOut(out)
+	if invalid {
+		return false, nil
+	}
 	return true, err
 }
 
@@ -542,7 +556,7 @@ func grantResponse(w *waiter, g store.Grant) api.AcquireResponse {
 	return api.AcquireResponse{
 		Acquired: true, Key: w.key, LockID: w.id, Token: g.Token,
 		TTLms: g.TTL.Milliseconds(), ExpiresAt: api.FormatTime(g.ExpiresAt),
-		Owner: g.Owner, Value: g.Value, LockDelayMs: ceilMs(w.opts.Delay),
+		Owner: g.Owner, Value: g.Value, LockDelayMs: ceilMs(g.Delay),
 	}
 }
 

@@ -281,6 +281,8 @@ func (s *Service) wait(r *request) {
 			s.failStore(r, "wait", err)
 		case info.Locked:
 			s.fail(r, api.CodeTimeout, "wait %q: the key is locked (wait_ms was 0)", r.key)
+		case info.Delay > 0:
+			s.fail(r, api.CodeTimeout, "wait %q: the key is in the lock-delay of a lease that ended, for %d ms more (wait_ms was 0)", r.key, ceilMs(info.Delay))
 		default:
 			s.respond(r, api.WaitResponse{Key: r.key, Value: info.Value})
 		}

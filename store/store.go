@@ -113,6 +113,10 @@ type Lease struct {
 	ExpiresAt time.Time
 	// Owner is the label given at acquire time.
 	Owner string
+	// Delay is the lease's lock-delay (AcquireOptions.Delay of its grant,
+	// as the store keeps it); 0: none. Set at least in the Grant of
+	// Acquire (an idempotent retry included) and Transfer.
+	Delay time.Duration
 }
 
 // Grant is the result of a successful Acquire.

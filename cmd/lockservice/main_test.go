@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -108,6 +109,7 @@ func TestRunBadFlags(t *testing.T) {
 		"--store must be":       {"--store", "mysql"},
 		"must not be negative":  {"--object-ttl", "-1s"},
 		"--marker-ttl must be":  {"--marker-ttl", "500ms"},
+		"plus --lock-delay":     {"--lock-delay", "5s", "--marker-ttl", "10m"},
 		"unexpected argument":   {"bogus"},
 		"longer than the max":   {"--default-ttl", "1h", "--max-ttl", "1m"},
 		"--redis-mode must be":  {"--store", "redis", "--redis-mode", "ring"},
@@ -122,6 +124,21 @@ func TestRunBadFlags(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("run(%q) = %v, want an error containing %q", args, err, want)
 		}
+	}
+}
+
+// TestMarkerTTLHoldsTheDefaultLockDelay: with --lock-delay, the default
+// --marker-ttl holds the longest lease plus the delay (whole seconds).
+func TestMarkerTTLHoldsTheDefaultLockDelay(t *testing.T) {
+	c, err := parseFlags([]string{"--lock-delay", "1500ms"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := 10*time.Minute + 2*time.Second; c.markerTTL != want {
+		t.Errorf("--marker-ttl with --lock-delay 1.5s = %v, want %v", c.markerTTL, want)
+	}
+	if c, err = parseFlags(nil, io.Discard); err != nil || c.markerTTL != 10*time.Minute {
+		t.Errorf("--marker-ttl without --lock-delay = %v, %v; want 10m", c.markerTTL, err)
 	}
 }
 

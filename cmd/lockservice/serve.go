@@ -58,7 +58,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.svc.MaxWaitersPerKey, "max-waiters-per-key", d.MaxWaitersPerKey, "parked acquire/wait requests per key on an instance before 503")
 	fs.IntVar(&c.svc.MaxValueBytes, "max-value-bytes", d.MaxValueBytes, "largest state object accepted")
 	fs.DurationVar(&c.objectTTL, "object-ttl", 0, "state objects expire this long after their last write (0 = never)")
-	fs.DurationVar(&c.markerTTL, "marker-ttl", 0, "jetstream: how long release and expiry markers stay (get reports the last token while they do); at least --max-ttl, which it defaults to (a marker must outlive the leases it ends: see docs/STORES.md)")
+	fs.DurationVar(&c.markerTTL, "marker-ttl", 0, "jetstream: how long release and expiry markers stay (get reports the last token while they do); at least --max-ttl plus --lock-delay, which it defaults to (a marker must outlive the leases it ends: see docs/STORES.md)")
 	fs.StringVar(&c.storeKind, "store", "jetstream", "where lock state lives: jetstream or redis")
 	fs.StringVar(&c.bucket, "bucket", jsstore.DefaultBucket, "jetstream: KV bucket name (never delete it: tokens restart)")
 	fs.IntVar(&c.replicas, "replicas", jsstore.DefaultReplicas, "jetstream: bucket replicas (3 or 5 on a cluster for fault tolerance)")
@@ -92,9 +92,17 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.markerTTL == 0 {
 		c.markerTTL = max(c.svc.MaxTTL, time.Second)
+		if c.svc.LockDelay > 0 {
+			// Every acquire that gives no lock_delay_ms gets --lock-delay:
+			// the longest lease plus it must fit.
+			c.markerTTL = jsstore.MarkerTTLFor(c.markerTTL, c.svc.LockDelay)
+		}
 	}
 	if c.markerTTL < c.svc.MaxTTL || c.markerTTL < time.Second {
 		return nil, fmt.Errorf("--marker-ttl must be at least --max-ttl (%v) and 1s, got %v: a release or expiry marker must outlive the longest lease, or a file store that loses removals in a crash can bring a lease back (docs/STORES.md)", c.svc.MaxTTL, c.markerTTL)
+	}
+	if need := jsstore.MarkerTTLFor(c.svc.MaxTTL, c.svc.LockDelay); c.svc.LockDelay > 0 && c.markerTTL < need {
+		return nil, fmt.Errorf("--marker-ttl must be at least --max-ttl plus --lock-delay (%v, each rounded up to whole seconds), got %v: a lease message lives for its lease and its lock-delay, and every acquire without lock_delay_ms gets --lock-delay", need, c.markerTTL)
 	}
 	return c, nil
 }

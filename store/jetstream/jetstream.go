@@ -270,6 +270,14 @@ func (s *Store) Close() error {
 // longest is the longest lease the bucket allows: its marker TTL.
 func (s *Store) longest() time.Duration { return time.Duration(s.markerTTL.Load()) }
 
+// MarkerTTLFor is the shortest Config.MarkerTTL that holds a lease of
+// maxTTL with a lock-delay of delay (store.AcquireOptions.Delay): the
+// bucket rounds each up to whole seconds, and the lease message lives for
+// both.
+func MarkerTTLFor(maxTTL, delay time.Duration) time.Duration {
+	return ttlSeconds(maxTTL) + delaySeconds(delay)
+}
+
 // background runs fn in a goroutine that Close waits for, unless Close has
 // begun.
 func (s *Store) background(fn func()) {

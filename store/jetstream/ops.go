@@ -143,12 +143,13 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 			return store.Grant{}, err
 		}
 		if alive {
-			delayed, err := s.inDelay(ctx, key, cur)
+			delayed, now, err := s.inDelay(ctx, key, cur)
 			if err != nil {
 				return store.Grant{}, err
 			}
 			if delayed {
-				return store.Grant{}, &store.LockedError{Key: key, Lease: cur.ended(), Delayed: true, ExpiresIn: s.delayLeft(cur)}
+				// now: the blocker, which may outlast cur's message.
+				return store.Grant{}, &store.LockedError{Key: key, Lease: cur.ended(), Delayed: true, ExpiresIn: s.delayLeft(now)}
 			}
 			if !sameHolder(cur.rec.Holder, me) {
 				return store.Grant{}, &store.LockedError{Key: key, Lease: cur.lease()}
@@ -228,33 +229,39 @@ func delayMs(d time.Duration) int64 {
 // inDelay reports whether st, a lease message live by the server's clock
 // (read from the server), is in its lock-delay: a blocker, or a lease whose
 // holder's part has ended. Such a lease is replaced by a blocker first (see
-// block), so that no write of its holder lands from then on.
-func (s *Store) inDelay(ctx context.Context, key string, st lockState) (bool, error) {
+// block), so that no write of its holder lands from then on. It also
+// returns what keeps the key: the blocker written, or st.
+func (s *Store) inDelay(ctx context.Context, key string, st lockState) (bool, lockState, error) {
 	if st.blocker() {
-		return true, nil
+		return true, st, nil
 	}
 	if st.rec.Dms <= 0 {
-		return false, nil
+		return false, st, nil
 	}
 	gone, err := s.holderEnded(ctx, st)
 	if err != nil || !gone {
-		return false, err
+		return false, st, err
 	}
-	if err := s.block(ctx, key, st); err != nil && !errors.Is(err, errWrongSeq) {
-		return false, err
+	blk, err := s.block(ctx, key, st)
+	if err != nil && !errors.Is(err, errWrongSeq) {
+		return false, st, err
 	}
-	return true, nil
+	if err != nil || !blk.blocker() {
+		blk = st
+	}
+	return true, blk, nil
 }
 
 // block replaces the lease st, whose holder's part has ended, with a
 // blocker for the rest of its lock-delay (with a margin for the clock
-// estimate; rounded up to whole seconds).
-func (s *Store) block(ctx context.Context, key string, st lockState) error {
+// estimate; rounded up to whole seconds), and returns the subject's state
+// read after it.
+func (s *Store) block(ctx context.Context, key string, st lockState) (lockState, error) {
 	_, err := s.publish(ctx, s.blockerMsg(key, st, s.delayLeft(st)+250*time.Millisecond, reasonExpired))
-	if err == nil {
-		_, err = s.readLock(ctx, key) // the hint, with the server's stored time
+	if err != nil {
+		return lockState{}, err
 	}
-	return err
+	return s.readLock(ctx, key) // the hint, with the server's stored time
 }
 
 func (s *Store) releaseAfterFailure(key string, st lockState) error {
@@ -442,7 +449,7 @@ func (s *Store) Get(ctx context.Context, key string) (store.Info, error) {
 			if !gone && st.rec.Dms > 0 && !st.blocker() {
 				// A lease in its lock-delay becomes a blocker before
 				// it is reported ended (as with reap below).
-				delayed, err := s.inDelay(ctx, key, st)
+				delayed, _, err := s.inDelay(ctx, key, st)
 				if err != nil {
 					return store.Info{}, err
 				}

@@ -150,6 +150,7 @@ func (st lockState) lease() store.Lease {
 	l := store.Lease{Token: st.token, TTL: time.Duration(st.rec.TTLms) * time.Millisecond, Owner: st.rec.Owner}
 	if st.held && !st.blocker() {
 		l.ExpiresAt = st.expires
+		l.Delay = time.Duration(st.rec.Dms) * time.Millisecond
 	}
 	return l
 }

@@ -92,7 +92,7 @@ type lease struct {
 }
 
 func (l *lease) public() store.Lease {
-	return store.Lease{Token: l.token, TTL: l.ttl, ExpiresAt: l.ends, Owner: l.owner}
+	return store.Lease{Token: l.token, TTL: l.ttl, ExpiresAt: l.ends, Owner: l.owner, Delay: l.delay}
 }
 
 // NewServer returns an empty server. It returns an error for a negative

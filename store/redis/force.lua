@@ -16,7 +16,7 @@ local pttl = redis.call('PTTL', KEYS[1])
 redis.call('DEL', KEYS[1])
 local d = tonumber(cur[5] or '0') or 0
 if d > 0 then
-  redis.call('SET', KEYS[2], cur[3] or '0', 'PX', d)
+  redis.call('SET', KEYS[2], (cur[3] or '0') .. ' ' .. (cur[2] or ''), 'PX', d) -- as hold_delay
 else
   redis.call('DEL', KEYS[2])
 end

@@ -17,7 +17,8 @@
 //     with PEXPIRE ObjectTTL after each write when ObjectTTL is set, and no
 //     expiry otherwise.
 //   - <ns>:{<key>}:delay exists only for a lease with a lock-delay
-//     (AcquireOptions.Delay; hash field d of the lease): the lease's token,
+//     (AcquireOptions.Delay; hash field d of the lease): the lease's token
+//     and owner label ("token owner"),
 //     expiring the delay after the lease (set again by each refresh, and by
 //     Force to the delay from then; deleted by a release). While it exists
 //     without a lease, nobody is granted the key.
@@ -497,6 +498,17 @@ func (r *reply) lease(i int, sent time.Time) (l store.Lease, left time.Duration)
 	return l, left
 }
 
+// acquireWrote reports an acquire reply after which replicas must have
+// the grant: granted (1) or granted before (2, moved past it); a refusal
+// (0 held, 3 in a lock-delay) changes nothing.
+func acquireWrote(r any) bool {
+	if a, ok := r.([]any); ok && len(a) > 0 {
+		n, _ := a[0].(int64)
+		return n == 1 || n == 2
+	}
+	return false
+}
+
 func statusNonZero(r any) bool {
 	if a, ok := r.([]any); ok && len(a) > 0 {
 		n, _ := a[0].(int64)
@@ -521,7 +533,7 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 	}
 	lock, fence, obj := s.keys(key)
 	sent := time.Now()
-	raw, err := s.run(ctx, acquireScript, statusNonZero, []string{lock, fence, obj, s.delayKey(key)},
+	raw, err := s.run(ctx, acquireScript, acquireWrote, []string{lock, fence, obj, s.delayKey(key)},
 		holder(lockID), opts.Owner, millis(opts.TTL), s.mark, delayMillis(opts.Delay))
 	if err != nil {
 		return store.Grant{}, err
@@ -540,10 +552,11 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 		lease.ExpiresAt = time.Time{} // it has ended
 		return store.Grant{}, &store.LockedError{Key: key, Lease: lease, ExpiresIn: max(left, time.Millisecond), Delayed: true}
 	}
-	if len(r.a) < 7 {
+	if len(r.a) < 8 {
 		return store.Grant{}, fmt.Errorf("redis: unexpected acquire reply %v", raw)
 	}
 	v := r.value(5)
+	lease.Delay = time.Duration(r.int(7)) * time.Millisecond
 	if r.err != nil {
 		return store.Grant{}, r.err
 	}
@@ -688,11 +701,12 @@ func (s *Store) Transfer(ctx context.Context, key, fromID string, u store.Update
 		}
 		return store.Grant{}, store.ErrNotHeld
 	}
-	if len(r.a) < 7 {
+	if len(r.a) < 8 {
 		return store.Grant{}, fmt.Errorf("redis: unexpected transfer reply %v", raw)
 	}
 	lease, _ := r.lease(1, sent)
 	v := r.value(5)
+	lease.Delay = time.Duration(r.int(7)) * time.Millisecond
 	if r.err != nil {
 		return store.Grant{}, r.err
 	}

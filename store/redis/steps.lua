@@ -19,11 +19,14 @@ local function apply_update(obj, op, value, ttl)
 end
 
 -- hold_delay makes the delay key dkey outlast the lease of lock (ms) by its
--- lock-delay (field d), or removes it when the lease has none.
+-- lock-delay (field d), or removes it when the lease has none. The delay
+-- key holds the lease's token and owner label, separated by the first
+-- space (a token has none).
 local function hold_delay(lock, dkey, token, lease)
-  local d = tonumber(redis.call('HGET', lock, 'd') or '0') or 0
+  local f = redis.call('HMGET', lock, 'd', 'o')
+  local d = tonumber(f[1] or '0') or 0
   if d > 0 then
-    redis.call('SET', dkey, token, 'PX', tonumber(lease) + d)
+    redis.call('SET', dkey, token .. ' ' .. (f[2] or ''), 'PX', tonumber(lease) + d)
   else
     redis.call('DEL', dkey)
   end

@@ -12,7 +12,8 @@
 -- ARGV[8] its lock-delay in ms
 --
 -- Reply: {0} when ARGV[1] does not hold the lock (nothing changed);
--- otherwise {1, token, owner, lease ms, pttl ms, has value, value}.
+-- otherwise {1, token, owner, lease ms, pttl ms, has value, value,
+-- lock-delay ms}.
 local lock, fence, obj, dkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 if redis.call('HGET', lock, 'h') ~= ARGV[1] then
   return {0}
@@ -22,6 +23,6 @@ local token = grant(lock, fence, dkey, ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 local pttl = redis.call('PTTL', lock)
 local v = redis.call('GET', obj)
 if v then
-  return {1, token, ARGV[6], ARGV[7], pttl, 1, v}
+  return {1, token, ARGV[6], ARGV[7], pttl, 1, v, ARGV[8]}
 end
-return {1, token, ARGV[6], ARGV[7], pttl, 0, ''}
+return {1, token, ARGV[6], ARGV[7], pttl, 0, '', ARGV[8]}

@@ -207,3 +207,31 @@ func testDelayNotifies(t *testing.T, newStore Factory) {
 	}
 	mustAcquire(t, s, key, NewLockID(), store.AcquireOptions{})
 }
+
+// testDelayInGrant: the grant says the lease's lock-delay, an idempotent
+// retry (whatever options it asks with) the lease's own, unchanged.
+func testDelayInGrant(t *testing.T, newStore Factory) {
+	s := newStore(t, Config{})
+	key := NewKey(t)
+	a := NewLockID()
+	g := mustAcquire(t, s, key, a, store.AcquireOptions{TTL: ttl, Delay: 1500 * time.Millisecond})
+	if g.Delay != 1500*time.Millisecond {
+		t.Errorf("grant with a lock-delay of 1.5s: Delay = %v", g.Delay)
+	}
+	again := mustAcquire(t, s, key, a, store.AcquireOptions{TTL: ttl})
+	if again.Token != g.Token || again.Delay != 1500*time.Millisecond {
+		t.Errorf("idempotent retry: token %d Delay %v, want %d and the lease's 1.5s", again.Token, again.Delay, g.Token)
+	}
+	tr, ok := s.(store.Transferrer)
+	if !ok {
+		return
+	}
+	b := NewLockID()
+	gb, err := tr.Transfer(t.Context(), key, a, store.Update{}, b, store.AcquireOptions{TTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gb.Delay != 0 {
+		t.Errorf("Transfer without a lock-delay: Delay = %v, want 0", gb.Delay)
+	}
+}

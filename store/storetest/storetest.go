@@ -78,6 +78,7 @@ func Run(t *testing.T, newStore Factory) {
 	t.Run("DelayKeptByRefreshAndTransfer", func(t *testing.T) { testDelayKeptByRefreshAndTransfer(t, newStore) })
 	t.Run("DelayAfterForce", func(t *testing.T) { testDelayAfterForce(t, newStore) })
 	t.Run("DelayNotifies", func(t *testing.T) { testDelayNotifies(t, newStore) })
+	t.Run("DelayInGrant", func(t *testing.T) { testDelayInGrant(t, newStore) })
 }
 
 const ttl = 10 * time.Second
