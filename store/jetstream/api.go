@@ -100,6 +100,9 @@ func (s *Store) publish(ctx context.Context, m *nats.Msg) (pubAck, error) {
 		case natsjs.JSErrCodeStreamMessageExceedsMaximum:
 			return ack, fmt.Errorf("%w: %s", store.ErrInvalid, ack.Error.Description)
 		}
+		if err := s.full(ack.Error); err != nil {
+			return ack, err
+		}
 		return ack, ack.Error
 	}
 	return ack, nil

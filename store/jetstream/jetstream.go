@@ -75,6 +75,18 @@ type Config struct {
 	// MaxValueBytes is the largest state object accepted; default 1 MiB
 	// less room for headers, capped by the server's max_payload.
 	MaxValueBytes int
+	// MaxMsgs caps the number of messages in the bucket when New creates
+	// it (the stream's max_msgs, discard new): one per key for its lease
+	// or release marker, one per state object. 0 sets no limit: only the
+	// server's and the account's JetStream storage limits apply. An
+	// existing bucket keeps its own limits (nats stream edit KV_<bucket>
+	// --max-msgs N). At the limit, taking a key that has no message and
+	// writing a state object are refused with an error matching
+	// ErrBucketFull, and so are releases with a write and deletes (atomic
+	// batches need room for their messages); refreshes, plain releases and
+	// hand-overs of existing leases still work. A full server or account
+	// refuses every write.
+	MaxMsgs int64
 }
 
 // The defaults of Config (New fills zero fields with them).

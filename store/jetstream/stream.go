@@ -66,6 +66,7 @@ func streamConfig(cfg Config, maxPayload int) natsjs.StreamConfig {
 		MaxMsgsPerSubject:      1,
 		MaxMsgSize:             int32(min(maxPayload, math.MaxInt32)),
 		Discard:                natsjs.DiscardNew,
+		MaxMsgs:                unlimited(cfg.MaxMsgs),
 		AllowRollup:            true,
 		DenyDelete:             true,
 		AllowDirect:            false, // reads go to the leader: no stale state from followers
@@ -73,6 +74,14 @@ func streamConfig(cfg Config, maxPayload int) natsjs.StreamConfig {
 		SubjectDeleteMarkerTTL: cfg.MarkerTTL,
 		AllowAtomicPublish:     true,
 	}
+}
+
+// unlimited maps 0 (no limit) to JetStream's -1.
+func unlimited(n int64) int64 {
+	if n <= 0 {
+		return -1
+	}
+	return n
 }
 
 // ensureStream returns the bucket's stream: it creates it from want when it
