@@ -153,7 +153,7 @@ func lsCommand(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		data, _ := json.Marshal(req)
 		body, err := f.request(ctx, nc, listSubject(f.prefix), data)
 		if errors.Is(err, errNoService) {
-			return failure(fmt.Errorf("ls: %w %s on %s: the service there is a version without it, or none runs there (start one: lockservice), or it serves another --prefix", errNoService, listSubject(f.prefix), redactURL(f.natsURL)))
+			return failure(fmt.Errorf("ls: %w %s on %s: the service there is a version without it, or none runs there (start one: lockservice), or it serves another --prefix", errNoService, listSubject(f.prefix), redactNATSURL(f.natsURL)))
 		}
 		if err != nil {
 			return failure(fmt.Errorf("ls: %w", err))

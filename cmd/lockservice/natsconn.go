@@ -1,11 +1,14 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -13,20 +16,340 @@ import (
 	"github.com/lockservice/lockservice/service/api"
 )
 
-// connectNATS connects to the NATS at natsURL as name, with the credentials
-// file creds when it is not empty, and reconnects forever after a
-// disconnect. extra options come last. Its error names the URL, password
-// redacted.
-func connectNATS(natsURL, creds, name string, extra ...nats.Option) (*nats.Conn, error) {
-	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
-	if creds != "" {
-		opts = append(opts, nats.UserCredentials(creds))
+// natsFlags say where NATS is and how to log in to it: one implementation
+// for serve, lock, get and ls. Secrets come from files or the environment,
+// never from a flag's value (argv is visible in ps); a password in
+// --nats-url works but draws a warning. The environment variables are the
+// nats CLI's: NATS_URL, NATS_CREDS, NATS_NKEY, NATS_USER, NATS_PASSWORD,
+// NATS_CA, NATS_CERT, NATS_KEY; and NATS_TOKEN.
+type natsFlags struct {
+	natsURL, natsCreds string
+	nkey, user         string
+	passwordFile       string
+	tokenFile          string
+	ca, cert, key      string
+	inboxPrefix        string
+	// explicitOnly: $NATS_PASSWORD without --nats-user, and $NATS_TOKEN,
+	// are not used (commandLineOnly).
+	explicitOnly bool
+
+	fs *flag.FlagSet // for which flags were given, and its output for warnings
+	// warn reports a warning; nil prints it to fs's output.
+	warn func(msg string)
+}
+
+// register adds the flags to fs. what says what --nats-url is for.
+// Their NATS_* variables are read by fromEnvironment, after parsing.
+func (f *natsFlags) register(fs *flag.FlagSet, defaultURL, what string) {
+	f.fs = fs
+	fs.StringVar(&f.natsURL, "nats-url", defaultURL, what+"; $NATS_URL, when set, is the default (comma-separated URLs for a cluster; tls:// for TLS)")
+	fs.StringVar(&f.natsCreds, "nats-creds", "", "NATS credentials file (JWT and nkey seed; $NATS_CREDS)")
+	fs.StringVar(&f.nkey, "nats-nkey", "", "NATS nkey seed file ($NATS_NKEY)")
+	fs.StringVar(&f.user, "nats-user", "", "NATS user ($NATS_USER); its password from --nats-password-file or $NATS_PASSWORD")
+	fs.StringVar(&f.passwordFile, "nats-password-file", "", "file holding the password of --nats-user (else $NATS_PASSWORD)")
+	fs.StringVar(&f.tokenFile, "nats-token-file", "", "file holding the NATS token (else $NATS_TOKEN)")
+	fs.StringVar(&f.ca, "nats-tls-ca", "", "CA certificate file (PEM) to verify NATS with; implies TLS ($NATS_CA)")
+	fs.StringVar(&f.cert, "nats-tls-cert", "", "client certificate file (PEM) for mutual TLS, with --nats-tls-key ($NATS_CERT)")
+	fs.StringVar(&f.key, "nats-tls-key", "", "client key file (PEM) for mutual TLS ($NATS_KEY)")
+	fs.StringVar(&f.inboxPrefix, "nats-inbox-prefix", "", "inbox prefix for replies (default _INBOX); a user confined to its own inboxes needs it, e.g. _INBOX.billing")
+}
+
+// natsEnv maps flags to the nats CLI's variables that stand in for them.
+var natsEnv = map[string]string{
+	"nats-url": "NATS_URL", "nats-creds": "NATS_CREDS", "nats-nkey": "NATS_NKEY", "nats-user": "NATS_USER",
+	"nats-tls-ca": "NATS_CA", "nats-tls-cert": "NATS_CERT", "nats-tls-key": "NATS_KEY",
+}
+
+// fromEnvironment sets the flags not given (on the command line or by
+// their LOCKSERVICE_ variable) from the nats CLI's variables, when set.
+func (f *natsFlags) fromEnvironment() {
+	for name, v := range f.values() {
+		if env := os.Getenv(natsEnv[name]); env != "" && !f.given(name) {
+			*v = env
+		}
 	}
-	nc, err := nats.Connect(natsURL, append(opts, extra...)...)
+}
+
+func (f *natsFlags) values() map[string]*string {
+	return map[string]*string{
+		"nats-url": &f.natsURL, "nats-creds": &f.natsCreds, "nats-nkey": &f.nkey, "nats-user": &f.user,
+		"nats-tls-ca": &f.ca, "nats-tls-cert": &f.cert, "nats-tls-key": &f.key,
+	}
+}
+
+// given reports whether flag name was set: on the command line or by its
+// LOCKSERVICE_ variable.
+func (f *natsFlags) given(name string) bool {
+	found := false
+	if f.fs != nil {
+		f.fs.Visit(func(fl *flag.Flag) { found = found || fl.Name == name })
+	}
+	return found
+}
+
+// secret is a password or token and where it came from.
+type secret struct{ value, from string }
+
+// readSecret reads the flag's file, else the environment variable (unless
+// envName is "").
+func readSecret(flagName, file, envName string) (secret, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return secret{}, fmt.Errorf("--%s: %w", flagName, err)
+		}
+		v := strings.TrimRight(string(b), "\r\n")
+		if v == "" {
+			return secret{}, fmt.Errorf("--%s: %s is empty", flagName, file)
+		}
+		return secret{v, "--" + flagName + " " + file}, nil
+	}
+	if v := os.Getenv(envName); envName != "" && v != "" {
+		return secret{v, "$" + envName}, nil
+	}
+	return secret{}, nil
+}
+
+// commandLineOnly returns f with only the values given on the command
+// line or by their LOCKSERVICE_ variables: what the embedded service logs
+// in with (the NATS_* environment is for the nats CLI's NATS, not for a
+// server lockservice starts).
+func (f natsFlags) commandLineOnly() natsFlags {
+	for name, v := range f.values() {
+		if !f.given(name) {
+			*v = ""
+		}
+	}
+	f.explicitOnly = true
+	return f
+}
+
+// options returns the nats.Options for the flags: credentials, TLS (unless
+// withTLS is false) and inbox prefix. Every file is read now, so that an
+// error names its flag. login describes the credentials for error messages
+// ("" for none).
+func (f *natsFlags) options(withTLS bool) (opts []nats.Option, login string, err error) {
+	passwordEnv, tokenEnv := "NATS_PASSWORD", "NATS_TOKEN"
+	if f.explicitOnly {
+		tokenEnv = ""
+		if f.user == "" {
+			passwordEnv = ""
+		}
+	}
+	password, err := readSecret("nats-password-file", f.passwordFile, passwordEnv)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", redactURL(natsURL), err)
+		return nil, "", err
+	}
+	token, err := readSecret("nats-token-file", f.tokenFile, tokenEnv)
+	if err != nil {
+		return nil, "", err
+	}
+	var ways []string
+	if f.natsCreds != "" {
+		ways = append(ways, "--nats-creds")
+	}
+	if f.nkey != "" {
+		ways = append(ways, "--nats-nkey")
+	}
+	if f.user != "" {
+		ways = append(ways, "--nats-user")
+	}
+	if token.value != "" {
+		ways = append(ways, token.from)
+	}
+	if len(ways) > 1 {
+		return nil, "", fmt.Errorf("NATS credentials: give one way to log in, got %s (flags, or the NATS_* environment variables behind their defaults)", strings.Join(ways, " and "))
+	}
+	switch {
+	case f.user == "" && password.value != "":
+		return nil, "", fmt.Errorf("NATS credentials: a password (%s) without --nats-user", password.from)
+	case f.user != "" && password.value == "":
+		return nil, "", fmt.Errorf("NATS credentials: --nats-user %q needs a password: --nats-password-file FILE or $NATS_PASSWORD", f.user)
+	case f.natsCreds != "":
+		if _, err := os.Stat(f.natsCreds); err != nil {
+			return nil, "", fmt.Errorf("--nats-creds: %w", err)
+		}
+		opts = append(opts, nats.UserCredentials(f.natsCreds))
+		login = "the credentials in " + f.natsCreds
+	case f.nkey != "":
+		opt, err := nats.NkeyOptionFromSeed(f.nkey)
+		if err != nil {
+			return nil, "", fmt.Errorf("--nats-nkey %s: %w", f.nkey, err)
+		}
+		opts = append(opts, opt)
+		login = "the nkey in " + f.nkey
+	case f.user != "":
+		opts = append(opts, nats.UserInfo(f.user, password.value))
+		login = fmt.Sprintf("user %q (password from %s)", f.user, password.from)
+	case token.value != "":
+		opts = append(opts, nats.Token(token.value))
+		login = "the token from " + token.from
+	}
+	if u := urlLogin(f.natsURL); login == "" && u != "" {
+		login = u
+	}
+
+	if withTLS {
+		tlsOpt, err := f.tlsConfig()
+		if err != nil {
+			return nil, "", err
+		}
+		if tlsOpt != nil {
+			opts = append(opts, nats.Secure(tlsOpt))
+		}
+	}
+	if f.inboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(f.inboxPrefix))
+	}
+	return opts, login, nil
+}
+
+// tlsConfig loads the CA and the client certificate; nil when neither is
+// given (a tls:// URL then verifies with the system's CAs).
+func (f *natsFlags) tlsConfig() (*tls.Config, error) {
+	if f.ca == "" && f.cert == "" && f.key == "" {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if f.ca != "" {
+		pem, err := os.ReadFile(f.ca)
+		if err != nil {
+			return nil, fmt.Errorf("--nats-tls-ca: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--nats-tls-ca: no PEM certificate in %s", f.ca)
+		}
+	}
+	switch {
+	case f.cert != "" && f.key != "":
+		pair, err := tls.LoadX509KeyPair(f.cert, f.key)
+		if err != nil {
+			return nil, fmt.Errorf("--nats-tls-cert %s, --nats-tls-key %s: %w", f.cert, f.key, err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	case f.cert != "" || f.key != "":
+		return nil, errors.New("--nats-tls-cert and --nats-tls-key go together (mutual TLS needs both)")
+	}
+	return cfg, nil
+}
+
+// tlsDesc describes the TLS settings for error messages.
+func (f *natsFlags) tlsDesc() string {
+	var d []string
+	if f.ca != "" {
+		d = append(d, "CA "+f.ca)
+	} else {
+		d = append(d, "the system's CAs")
+	}
+	if f.cert != "" {
+		d = append(d, "client certificate "+f.cert)
+	}
+	return strings.Join(d, ", ")
+}
+
+// warnings tells about secrets on the command line.
+func (f *natsFlags) warnings() []string {
+	// Given, and not by its LOCKSERVICE_ variable: on the command line.
+	if f.given("nats-url") && os.Getenv(envName("nats-url")) != f.natsURL && urlLogin(f.natsURL) != "" {
+		return []string{"--nats-url carries credentials, which other users can read in ps: use $NATS_URL, or --nats-user with --nats-password-file (or $NATS_PASSWORD), or --nats-token-file"}
+	}
+	return nil
+}
+
+// errNATSUnreachable marks a connection failure that is not the server's
+// refusal of the login or of TLS: nothing answered at the URL. Only then
+// may a message ask whether nats-server runs.
+var errNATSUnreachable = errors.New("no NATS server answered")
+
+// connectNATS connects to the NATS of f as name and reconnects forever
+// after a disconnect; extra options come last. Its error names the URL
+// (secrets redacted) and what failed: the login (which credentials), TLS
+// (which CA and certificate), or the network (matching
+// errNATSUnreachable).
+func connectNATS(f *natsFlags, name string, extra ...nats.Option) (*nats.Conn, error) {
+	opts, login, err := f.options(true)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range f.warnings() {
+		switch {
+		case f.warn != nil:
+			f.warn(w)
+		case f.fs != nil:
+			fmt.Fprintln(f.fs.Output(), "lockservice: warning:", w)
+		}
+	}
+	opts = append([]nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}, opts...)
+	nc, err := nats.Connect(f.natsURL, append(opts, extra...)...)
+	if err != nil {
+		return nil, f.connectError(err, login)
 	}
 	return nc, nil
+}
+
+// connectError says what failed in a nats.Connect error.
+func (f *natsFlags) connectError(err error, login string) error {
+	at := "connect to NATS at " + redactNATSURL(f.natsURL)
+	if login == "" {
+		login = "no credentials"
+	}
+	var (
+		unknownCA  x509.UnknownAuthorityError
+		hostname   x509.HostnameError
+		verify     *tls.CertificateVerificationError
+		alert      tls.AlertError
+		record     tls.RecordHeaderError
+		invalidCrt x509.CertificateInvalidError
+	)
+	switch {
+	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired),
+		errors.Is(err, nats.ErrAuthRevoked), errors.Is(err, nats.ErrAccountAuthExpired):
+		return fmt.Errorf("%s: the server refused the login with %s: %w (check the user and its password, token, nkey or credentials file)", at, login, err)
+	case errors.Is(err, nats.ErrSecureConnRequired):
+		return fmt.Errorf("%s: the server requires TLS: %w (use a tls:// URL, and --nats-tls-ca if its certificate is not from a CA the system trusts)", at, err)
+	case errors.Is(err, nats.ErrSecureConnWanted):
+		return fmt.Errorf("%s: TLS was asked for (%s) but the server does not offer it: %w", at, f.tlsDesc(), err)
+	case errors.As(err, &unknownCA), errors.As(err, &hostname), errors.As(err, &verify), errors.As(err, &invalidCrt):
+		return fmt.Errorf("%s: TLS: the server's certificate does not verify with %s: %w", at, f.tlsDesc(), err)
+	case errors.As(err, &alert), errors.As(err, &record), errors.Is(err, nats.ErrTLS),
+		strings.Contains(err.Error(), "tls:"), strings.Contains(err.Error(), "x509:"):
+		return fmt.Errorf("%s: TLS handshake failed (%s; a server that requires client certificates refuses a missing or unknown one): %w", at, f.tlsDesc(), err)
+	}
+	return fmt.Errorf("%s: %w: %w", at, errNATSUnreachable, err)
+}
+
+// urlLogin describes the credentials in a NATS URL, "" when it has none.
+func urlLogin(s string) string {
+	for _, part := range strings.Split(s, ",") {
+		u, err := url.Parse(strings.TrimSpace(part))
+		if err != nil || u.User == nil {
+			continue
+		}
+		if _, ok := u.User.Password(); ok {
+			return fmt.Sprintf("user %q (password in the URL)", u.User.Username())
+		}
+		return "the token in the URL"
+	}
+	return ""
+}
+
+// redactNATSURL hides the passwords and tokens in a NATS URL list.
+func redactNATSURL(s string) string {
+	parts := strings.Split(s, ",")
+	for i, part := range parts {
+		u, err := url.Parse(strings.TrimSpace(part))
+		if err != nil || u.User == nil {
+			continue
+		}
+		if _, ok := u.User.Password(); ok {
+			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+		} else {
+			u.User = url.User("xxxxx") // a token
+		}
+		parts[i] = u.String()
+	}
+	return strings.Join(parts, ",")
 }
 
 func redactURL(s string) string {
@@ -43,23 +366,21 @@ func redactURL(s string) string {
 // clientFlags are the flags of the commands that talk to a running service
 // (lock, get, ls): where its NATS is, and its subject prefix.
 type clientFlags struct {
-	natsURL, natsCreds, prefix string
-	timeout                    time.Duration
+	natsFlags
+	prefix  string
+	timeout time.Duration
 }
 
 func (f *clientFlags) register(fs *flag.FlagSet) {
-	natsURL := os.Getenv("NATS_URL")
-	if natsURL == "" {
-		natsURL = nats.DefaultURL
-	}
-	fs.StringVar(&f.natsURL, "nats-url", natsURL, "the NATS the service uses; $NATS_URL, when set, is the default")
-	fs.StringVar(&f.natsCreds, "nats-creds", "", "credentials file for --nats-url")
+	f.natsFlags.register(fs, nats.DefaultURL, "the NATS the service uses")
 	fs.StringVar(&f.prefix, "prefix", api.DefaultPrefix, "the service's subject prefix (its --prefix)")
 	fs.DurationVar(&f.timeout, "timeout", 5*time.Second, "how long to wait for each answer of the service")
 }
 
-// validate checks the flags register set.
+// validate takes the NATS_* variables for the flags not given, and checks
+// the flags register set.
 func (f *clientFlags) validate() error {
+	f.fromEnvironment()
 	if err := api.ValidateKey(f.prefix); err != nil {
 		return fmt.Errorf("--prefix: %w", err)
 	}
@@ -70,11 +391,14 @@ func (f *clientFlags) validate() error {
 }
 
 // connect connects to the service's NATS as name; its error (exit 1) says
-// how to get one.
+// what failed, and how to get a NATS when none answered.
 func (f *clientFlags) connect(name string) (*nats.Conn, error) {
-	nc, err := connectNATS(f.natsURL, f.natsCreds, name)
+	nc, err := connectNATS(&f.natsFlags, name)
+	if errors.Is(err, errNATSUnreachable) {
+		err = fmt.Errorf("%w (start a service with its own NATS: lockservice; or point --nats-url or NATS_URL at the NATS your service uses)", err)
+	}
 	if err != nil {
-		return nil, failure(fmt.Errorf("%w (start a service with its own NATS: lockservice; or point --nats-url or NATS_URL at the NATS your service uses)", err))
+		return nil, failure(err)
 	}
 	return nc, nil
 }
@@ -85,5 +409,5 @@ var errNoService = errors.New("no lock service instance answers")
 // noService is the error for a request on subject that no service instance
 // answered: it says what to do.
 func (f *clientFlags) noService(subject string) error {
-	return fmt.Errorf("%w %s on %s: start one (lockservice, or lockservice --nats-url %s to use this NATS), or give the --prefix it serves", errNoService, subject, redactURL(f.natsURL), redactURL(f.natsURL))
+	return fmt.Errorf("%w %s on %s: start one (lockservice, or lockservice --nats-url %s to use this NATS), or give the --prefix it serves", errNoService, subject, redactNATSURL(f.natsURL), redactNATSURL(f.natsURL))
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,16 +23,21 @@ import (
 )
 
 type config struct {
-	host, dataDir, natsURL, natsCreds, confFile string
-	port                                        int
-	storeKind, bucket                           string
-	replicas                                    int
-	redisURL, redisMode                         string
-	redisReplicas                               int
-	redisAllowEviction                          bool
-	objectTTL, markerTTL                        time.Duration
-	svc                                         service.Config
-	ops                                         opsConfig
+	natsFlags
+	host, dataDir, confFile string
+	port                    int
+	account                 string
+	allowNoAuth             bool
+	maxStore                byteSize
+	storeKind, bucket       string
+	replicas                int
+	bucketMaxMsgs           int64
+	redisURL, redisMode     string
+	redisReplicas           int
+	redisAllowEviction      bool
+	objectTTL, markerTTL    time.Duration
+	svc                     service.Config
+	ops                     opsConfig
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -46,8 +53,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.port, "port", 4222, "embedded nats-server: client port")
 	fs.StringVar(&c.dataDir, "data-dir", "lockservice-data", "embedded nats-server: JetStream data directory (with -c: the file's store_dir unless given); keep it, it holds the fencing-token sequence; locked (lockservice.lock) while in use")
 	fs.StringVar(&c.confFile, "c", "", "embedded nats-server: nats.conf file (--host/--port/--data-dir given explicitly override it)")
-	fs.StringVar(&c.natsURL, "nats-url", "", "use this NATS instead of the embedded server: a URL, or a comma-separated list of a cluster's seed URLs (nats://user:pass@host1:4222,nats://host2:4222); needs nats-server 2.12+ with JetStream")
-	fs.StringVar(&c.natsCreds, "nats-creds", "", "credentials file for --nats-url")
+	fs.StringVar(&c.account, "account", "", "embedded nats-server: the account of the config file whose users use the locks; the service's own user joins it (default: the one account the config's users are in, else the global account $G)")
+	fs.BoolVar(&c.allowNoAuth, "allow-no-auth", false, "embedded nats-server: listen beyond loopback even though the config requires no authentication (anyone who reaches the port can take every lock)")
+	c.maxStore = embedded.DefaultMaxStore
+	fs.Var(&c.maxStore, "max-store", "embedded nats-server: JetStream storage cap (K, M, G, T: powers of 1024); overrides the config file's max_file_store")
+	c.natsFlags.register(fs, "", "use this NATS instead of the embedded server: a URL, or a comma-separated list of a cluster's seed URLs; needs nats-server 2.12+ with JetStream")
 	fs.StringVar(&c.svc.Prefix, "prefix", d.Prefix, "first subject token of every endpoint and event")
 	fs.DurationVar(&c.svc.DefaultTTL, "default-ttl", d.DefaultTTL, "lease length when a request gives no ttl_ms")
 	fs.DurationVar(&c.svc.MaxTTL, "max-ttl", d.MaxTTL, "longest lease a request may ask for")
@@ -62,6 +72,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.storeKind, "store", "jetstream", "where lock state lives: jetstream or redis")
 	fs.StringVar(&c.bucket, "bucket", jsstore.DefaultBucket, "jetstream: KV bucket name (never delete it: tokens restart)")
 	fs.IntVar(&c.replicas, "replicas", jsstore.DefaultReplicas, "jetstream: bucket replicas (3 or 5 on a cluster for fault tolerance)")
+	fs.Int64Var(&c.bucketMaxMsgs, "bucket-max-msgs", 1_000_000, "jetstream: most messages a new bucket holds (one per key, one per state object; 0 = no limit); at the limit new keys get 503")
 	fs.StringVar(&c.redisURL, "redis-url", "redis://127.0.0.1:6379/0", "redis: URL, redis:// or rediss:// (TLS), with user:password@ if needed")
 	fs.StringVar(&c.redisMode, "redis-mode", "single", "redis: single, cluster (more nodes as &addr=host:port) or sentinel (?master_name=...&addr=...)")
 	fs.IntVar(&c.redisReplicas, "redis-replicas", 0, "redis: replicas each write must reach (WAIT) before it is acknowledged")
@@ -73,6 +84,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if err := c.ops.parsed(fs); err != nil {
 		return nil, err
 	}
+	c.natsFlags.fromEnvironment()
 	if c.ops.version {
 		return c, nil
 	}
@@ -84,6 +96,20 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.objectTTL < 0 {
 		return nil, fmt.Errorf("--object-ttl must not be negative")
+	}
+	if c.bucketMaxMsgs < 0 {
+		return nil, fmt.Errorf("--bucket-max-msgs must not be negative (0 = no limit), got %d", c.bucketMaxMsgs)
+	}
+	if c.natsURL != "" {
+		from := "--nats-url"
+		if !c.given("nats-url") {
+			from = "$NATS_URL"
+		}
+		for _, name := range []string{"c", "host", "port", "data-dir", "account", "allow-no-auth", "max-store"} {
+			if c.given(name) {
+				return nil, fmt.Errorf("-%s configures the embedded nats-server, but %s (%s) selects an existing NATS: drop one of them (unset NATS_URL to embed a server)", dashes(name), from, redactNATSURL(c.natsURL))
+			}
+		}
 	}
 	c.svc.Metadata = map[string]string{"store": c.storeKind}
 	c.svc.SetDefaults()
@@ -153,17 +179,35 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		st, closeStore = rs, func() { rs.Close() }
 		defer closeStore()
 	}
-	jsCfg := jsstore.Config{Bucket: c.bucket, Replicas: c.replicas, ObjectTTL: c.objectTTL, MarkerTTL: c.markerTTL,
+	jsCfg := jsstore.Config{Bucket: c.bucket, Replicas: c.replicas, ObjectTTL: c.objectTTL, MarkerTTL: c.markerTTL, MaxMsgs: c.bucketMaxMsgs,
 		// Records lockservice did not write, leases the server failed to
 		// expire, watcher rebuilds.
 		Logger: log.With(slog.String("component", "store"))}
 
 	if c.natsURL == "" {
-		opts := []embedded.Option{embedded.WithServiceConfig(c.svc), embedded.WithStoreConfig(jsCfg), embedded.WithLogger(log)}
+		opts := []embedded.Option{embedded.WithServiceConfig(c.svc), embedded.WithStoreConfig(jsCfg), embedded.WithLogger(log), embedded.WithAccount(c.account)}
 		if c.confFile != "" {
 			opts = append(opts, embedded.WithConfigFile(c.confFile))
 		}
 		explicit := c.ops.explicit
+		if c.confFile == "" || explicit["max-store"] {
+			opts = append(opts, embedded.WithMaxStore(int64(c.maxStore)))
+		}
+		if c.allowNoAuth {
+			opts = append(opts, embedded.WithAllowNoAuth())
+		}
+		// NATS credentials given as flags (or LOCKSERVICE_* variables) are
+		// the embedded service's own (a config that trusts operators needs
+		// them); without, it logs in as a user generated at start.
+		own := c.natsFlags.commandLineOnly()
+		if own.ca != "" || own.cert != "" || own.key != "" {
+			return errors.New("--nats-tls-ca, --nats-tls-cert and --nats-tls-key are for --nats-url: the embedded service connects in-process")
+		}
+		svcOpts, _, err := own.options(false)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, embedded.WithServiceConnOptions(svcOpts...))
 		if c.confFile == "" || explicit["host"] || explicit["port"] {
 			host, port, err := embeddedListen(c)
 			if err != nil {
@@ -195,6 +239,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "lockservice %s: embedded nats-server on %s (%s)\n", service.Version, srv.URL, storeLine(c))
 		fmt.Fprintf(stdout, "try:  nats -s %s req %s.acquire.demo '{\"ttl_ms\":5000}'\n", srv.URL, c.svc.Prefix)
 		fmt.Fprintf(stdout, "      nats -s %s micro info lockservice\n", srv.URL)
+		if srv.AuthRequired() {
+			fmt.Fprintf(stdout, "      (clients must authenticate: add a user of %s, e.g. --user U --password P, and --inbox-prefix if its permissions confine its inbox)\n", c.confFile)
+		}
 		<-ctx.Done()
 		log.Info("shutting down")
 		fmt.Fprintln(stdout, "lockservice: shutting down")
@@ -203,9 +250,13 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	// NoEcho: the instance's own events are not delivered back to it. The
 	// connection is the instance's alone, so nothing else is hidden.
-	nc, err := connectNATS(c.natsURL, c.natsCreds, "lockservice", append(natsLogOptions(log), nats.NoEcho())...)
+	c.natsFlags.warn = func(msg string) { log.Warn(msg) }
+	nc, err := connectNATS(&c.natsFlags, "lockservice", append(natsLogOptions(log), nats.NoEcho())...)
+	if errors.Is(err, errNATSUnreachable) {
+		return fmt.Errorf("%w (is nats-server running? start one, or drop --nats-url and NATS_URL to use the embedded server)", err)
+	}
 	if err != nil {
-		return fmt.Errorf("%w (is nats-server running? start one, or drop --nats-url to use the embedded server)", err)
+		return err
 	}
 	defer nc.Close()
 	if st == nil {
@@ -289,4 +340,28 @@ func redisClient(rawURL, mode string) (goredis.UniversalClient, error) {
 		return goredis.NewFailoverClient(o), nil
 	}
 	return nil, fmt.Errorf("--redis-mode must be single, cluster or sentinel, got %q", mode)
+}
+
+// byteSize is a flag of bytes: a number with an optional unit K, M, G or
+// T (powers of 1024, as in nats.conf; KB, KiB, MB, ... mean the same).
+type byteSize int64
+
+func (b *byteSize) String() string { return strconv.FormatInt(int64(*b), 10) }
+
+func (b *byteSize) Set(s string) error {
+	t := strings.ToUpper(strings.TrimSpace(s))
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
+	mult := int64(1)
+	if n := len(t); n > 0 {
+		if i := strings.IndexByte("KMGT", t[n-1]); i >= 0 {
+			mult = 1 << (10 * (i + 1))
+			t = t[:n-1]
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(t), 10, 64)
+	if err != nil || n <= 0 || n > math.MaxInt64/mult {
+		return fmt.Errorf("want a positive size such as 512M or 2G, got %q", s)
+	}
+	*b = byteSize(n * mult)
+	return nil
 }
