@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -50,4 +51,30 @@ func TestBucketFullAnswers503(t *testing.T) {
 	if code, msg, body := req("lock.acquire.full.a", `{}`); code != "" || !strings.Contains(string(body), `"acquired":true`) {
 		t.Errorf("acquire of a released key in a full bucket = %s %s %s, want acquired", code, msg, body)
 	}
+}
+
+// TestServerStorageFullAnswers503: when the embedded server's JetStream
+// storage (--max-store) is used up, writes are answered 503 with a message
+// naming that limit.
+func TestServerStorageFullAnswers503(t *testing.T) {
+	srv, err := embedded.Start(embedded.WithDataDir(t.TempDir()), embedded.WithMaxStore(64<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	for i := range 10_000 {
+		m, err := srv.Conn().Request(fmt.Sprintf("lock.acquire.store.%d", i), []byte(`{}`), 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, msg := m.Header.Get(micro.ErrorCodeHeader), m.Header.Get(micro.ErrorHeader)
+		if code == "" {
+			continue
+		}
+		if code != "503" || !strings.Contains(msg, "the server's JetStream storage is used up") || !strings.Contains(msg, "--max-store") {
+			t.Fatalf("acquire %d when the storage is full = %s %q, want 503 naming the storage and --max-store", i, code, msg)
+		}
+		return
+	}
+	t.Fatal("10000 acquires fit in 64 KiB of JetStream storage")
 }

@@ -240,3 +240,59 @@ func TestRunRedisEviction(t *testing.T) {
 		t.Errorf("run with --redis-allow-eviction = %v", err)
 	}
 }
+
+// TestRunWithTheAuthExample: lockservice -c with nats.conf's authorization
+// example uncommented starts, refuses anonymous clients and serves the
+// example's users.
+func TestRunWithTheAuthExample(t *testing.T) {
+	t.Setenv("NATS_URL", "")
+	b, err := os.ReadFile("../../nats.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conf strings.Builder
+	in := false
+	for line := range strings.Lines(string(b)) {
+		switch {
+		case strings.HasPrefix(line, "# ---- authorization: begin"):
+			in = true
+		case strings.HasPrefix(line, "# ---- authorization: end"):
+			in = false
+		case in:
+			conf.WriteString(strings.TrimPrefix(line, "# "))
+		default:
+			conf.WriteString(line)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "nats.conf")
+	if err := os.WriteFile(path, []byte(conf.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	port := testsrv.FreePort(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var out, errOut syncBuffer
+	errc := make(chan error, 1)
+	go func() {
+		errc <- run(ctx, []string{"-c", path, "--port", strconv.Itoa(port), "--data-dir", t.TempDir()}, &out, &errOut)
+	}()
+	waitFor(t, &out, "clients must authenticate", errc)
+	url := "nats://127.0.0.1:" + strconv.Itoa(port)
+	if nc, err := nats.Connect(url); err == nil {
+		nc.Close()
+		t.Error("anonymous connect = nil, want an authorization violation")
+	}
+	nc, err := nats.Connect(url, nats.UserInfo("billing", "change-me-billing"), nats.CustomInboxPrefix("_INBOX.billing"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	m, err := nc.Request("lock.acquire.billing.x", []byte(`{"ttl_ms":5000}`), 5*time.Second)
+	if err != nil || !strings.Contains(string(m.Data), `"acquired":true`) {
+		t.Fatalf("acquire as billing = %v, %v", m, err)
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Errorf("run = %v", err)
+	}
+}

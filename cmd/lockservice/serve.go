@@ -346,7 +346,15 @@ func redisClient(rawURL, mode string) (goredis.UniversalClient, error) {
 // T (powers of 1024, as in nats.conf; KB, KiB, MB, ... mean the same).
 type byteSize int64
 
-func (b *byteSize) String() string { return strconv.FormatInt(int64(*b), 10) }
+func (b *byteSize) String() string {
+	n := int64(*b)
+	for i := 4; i > 0; i-- {
+		if unit := int64(1) << (10 * i); n >= unit && n%unit == 0 {
+			return strconv.FormatInt(n/unit, 10) + string("KMGT"[i-1])
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
 
 func (b *byteSize) Set(s string) error {
 	t := strings.ToUpper(strings.TrimSpace(s))
