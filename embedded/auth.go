@@ -148,6 +148,9 @@ func (o *options) identities(sopts *server.Options) (svc, clients []nats.Option,
 		if err != nil {
 			return nil, nil, err
 		}
+		if acc != nil {
+			o.joined = acc.Name
+		}
 		if !given {
 			if svc, err = addNkeyUser(sopts, acc); err != nil {
 				return nil, nil, err

@@ -162,6 +162,11 @@ func TestStartWithAccountsJoinsTheApplicationsAccount(t *testing.T) {
 		t.Errorf("request from another account = %v, want no responders", err)
 	}
 
+	_, err = embedded.Start(embedded.WithDataDir(t.TempDir()), embedded.WithConfigFile(writeConf(t, accountsConf)), embedded.WithAccount("OTHER"))
+	if err == nil || !strings.Contains(err.Error(), "JetStream is not enabled for account OTHER") {
+		t.Fatalf("Start joining an account without JetStream = %v, want an error naming it", err)
+	}
+
 	one := start(t, embedded.WithConfigFile(writeConf(t, `listen: 127.0.0.1:-1
 accounts { LOCKS { jetstream: enabled, users: [ {user: app, password: app} ] } }
 `)))

@@ -59,6 +59,7 @@ type options struct {
 	allowNoAuth bool
 	svcConnOpts []nats.Option
 	maxStore    int64
+	joined      string // the account (not the global one) given the service's generated user
 }
 
 // Option configures Start.
@@ -228,6 +229,12 @@ func Start(opts ...Option) (*Server, error) {
 		return nil, fmt.Errorf("embedded: connect the clients' connection: %w", err)
 	}
 	var st store.Store = o.custom
+	if st == nil && o.joined != "" {
+		if acc, err := ns.LookupAccount(o.joined); err == nil && !acc.JetStreamEnabled() {
+			srv.Close()
+			return nil, fmt.Errorf("embedded: JetStream is not enabled for account %s, which the service joins: add jetstream: enabled to its block in the configuration", o.joined)
+		}
+	}
 	if st == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
