@@ -87,12 +87,21 @@ func (f *natsFlags) given(name string) bool {
 	return found
 }
 
+// src names where flag name's value came from: the flag (or its
+// LOCKSERVICE_ variable), or the nats CLI's variable behind its default.
+func (f *natsFlags) src(name string) string {
+	if env := natsEnv[name]; env != "" && !f.given(name) && os.Getenv(env) != "" {
+		return "$" + env
+	}
+	return "--" + name
+}
+
 // secret is a password or token and where it came from.
 type secret struct{ value, from string }
 
 // readSecret reads the flag's file, else the environment variable (unless
-// envName is "").
-func readSecret(flagName, file, envName string) (secret, error) {
+// variable is "").
+func readSecret(flagName, file, variable string) (secret, error) {
 	if file != "" {
 		b, err := os.ReadFile(file)
 		if err != nil {
@@ -104,8 +113,8 @@ func readSecret(flagName, file, envName string) (secret, error) {
 		}
 		return secret{v, "--" + flagName + " " + file}, nil
 	}
-	if v := os.Getenv(envName); envName != "" && v != "" {
-		return secret{v, "$" + envName}, nil
+	if v := os.Getenv(variable); variable != "" && v != "" {
+		return secret{v, "$" + variable}, nil
 	}
 	return secret{}, nil
 }
@@ -146,35 +155,35 @@ func (f *natsFlags) options(withTLS bool) (opts []nats.Option, login string, err
 	}
 	var ways []string
 	if f.natsCreds != "" {
-		ways = append(ways, "--nats-creds")
+		ways = append(ways, f.src("nats-creds"))
 	}
 	if f.nkey != "" {
-		ways = append(ways, "--nats-nkey")
+		ways = append(ways, f.src("nats-nkey"))
 	}
 	if f.user != "" {
-		ways = append(ways, "--nats-user")
+		ways = append(ways, f.src("nats-user"))
 	}
 	if token.value != "" {
 		ways = append(ways, token.from)
 	}
 	if len(ways) > 1 {
-		return nil, "", fmt.Errorf("NATS credentials: give one way to log in, got %s (flags, or the NATS_* environment variables behind their defaults)", strings.Join(ways, " and "))
+		return nil, "", fmt.Errorf("NATS credentials: give one way to log in, got %s", strings.Join(ways, " and "))
 	}
 	switch {
 	case f.user == "" && password.value != "":
 		return nil, "", fmt.Errorf("NATS credentials: a password (%s) without --nats-user", password.from)
 	case f.user != "" && password.value == "":
-		return nil, "", fmt.Errorf("NATS credentials: --nats-user %q needs a password: --nats-password-file FILE or $NATS_PASSWORD", f.user)
+		return nil, "", fmt.Errorf("NATS credentials: user %q (%s) needs a password: --nats-password-file FILE or $NATS_PASSWORD", f.user, f.src("nats-user"))
 	case f.natsCreds != "":
 		if _, err := os.Stat(f.natsCreds); err != nil {
-			return nil, "", fmt.Errorf("--nats-creds: %w", err)
+			return nil, "", fmt.Errorf("%s: %w", f.src("nats-creds"), err)
 		}
 		opts = append(opts, nats.UserCredentials(f.natsCreds))
 		login = "the credentials in " + f.natsCreds
 	case f.nkey != "":
 		opt, err := nats.NkeyOptionFromSeed(f.nkey)
 		if err != nil {
-			return nil, "", fmt.Errorf("--nats-nkey %s: %w", f.nkey, err)
+			return nil, "", fmt.Errorf("%s %s: %w", f.src("nats-nkey"), f.nkey, err)
 		}
 		opts = append(opts, opt)
 		login = "the nkey in " + f.nkey
@@ -214,22 +223,22 @@ func (f *natsFlags) tlsConfig() (*tls.Config, error) {
 	if f.ca != "" {
 		pem, err := os.ReadFile(f.ca)
 		if err != nil {
-			return nil, fmt.Errorf("--nats-tls-ca: %w", err)
+			return nil, fmt.Errorf("%s: %w", f.src("nats-tls-ca"), err)
 		}
 		cfg.RootCAs = x509.NewCertPool()
 		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--nats-tls-ca: no PEM certificate in %s", f.ca)
+			return nil, fmt.Errorf("%s: no PEM certificate in %s", f.src("nats-tls-ca"), f.ca)
 		}
 	}
 	switch {
 	case f.cert != "" && f.key != "":
 		pair, err := tls.LoadX509KeyPair(f.cert, f.key)
 		if err != nil {
-			return nil, fmt.Errorf("--nats-tls-cert %s, --nats-tls-key %s: %w", f.cert, f.key, err)
+			return nil, fmt.Errorf("%s %s, %s %s: %w", f.src("nats-tls-cert"), f.cert, f.src("nats-tls-key"), f.key, err)
 		}
 		cfg.Certificates = []tls.Certificate{pair}
 	case f.cert != "" || f.key != "":
-		return nil, errors.New("--nats-tls-cert and --nats-tls-key go together (mutual TLS needs both)")
+		return nil, errors.New("--nats-tls-cert and --nats-tls-key ($NATS_CERT, $NATS_KEY) go together (mutual TLS needs both)")
 	}
 	return cfg, nil
 }

@@ -235,7 +235,7 @@ func TestConnectCredentials(t *testing.T) {
 	if err := connectWith(t, "--nats-url", users); err != nil {
 		t.Errorf("user and password from $NATS_USER, $NATS_PASSWORD = %v", err)
 	}
-	wantFailure(t, "two ways to log in", connectWith(t, "--nats-url", users, "--nats-nkey", seedFile), "--nats-nkey and --nats-user")
+	wantFailure(t, "two ways to log in", connectWith(t, "--nats-url", users, "--nats-nkey", seedFile), "--nats-nkey and $NATS_USER")
 	t.Setenv("NATS_USER", "")
 	t.Setenv("NATS_PASSWORD", "")
 	wantFailure(t, "a wrong password", connectWith(t, "--nats-url", users, "--nats-user", "app", "--nats-password-file", wrongFile),
