@@ -239,6 +239,10 @@ func (s *Service) failStore(r *request, op string, err error) {
 	case api.CodeBadRequest:
 		s.fail(r, code, "%s %q: %v", op, r.key, err)
 	case api.CodeUnavailable:
+		if errors.Is(err, store.ErrFull) {
+			s.fail(r, code, "%s %q: store full, nothing was written; retry later (room comes back as leases end and states expire) or raise the limit named here: %v", op, r.key, err)
+			return
+		}
 		s.fail(r, code, "%s %q: store unavailable, the outcome is unknown (docs/PROTOCOL.md, lost replies); retry: %v", op, r.key, err)
 	default: // logged as the store call failed (storewatch.go)
 		s.fail(r, code, "%s %q: internal error, the outcome is unknown: %v", op, r.key, err)

@@ -18,6 +18,12 @@ var (
 	// ErrInvalid means the request cannot be stored as given (bad key, value
 	// too large, TTL out of range).
 	ErrInvalid = errors.New("store: invalid request")
+	// ErrFull means the backend refused the write for lack of room (a
+	// bucket's or the server's limits, Redis's maxmemory): nothing was
+	// written. Errors matching it also match ErrUnavailable: room comes
+	// back as leases end and states expire, or when an operator raises the
+	// limit the error names.
+	ErrFull = errors.New("store: full")
 )
 
 // LockedError is returned by Acquire when another lock id holds the key, or

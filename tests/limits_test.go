@@ -40,7 +40,7 @@ func TestBucketFullAnswers503(t *testing.T) {
 	if code != "503" {
 		t.Fatalf("acquire of a new key in a full bucket = code %q (%s), want 503", code, msg)
 	}
-	for _, want := range []string{"bucket lockservice is full", "max_msgs 2", "nats stream edit KV_lockservice --max-msgs"} {
+	for _, want := range []string{"store full, nothing was written", "bucket lockservice is full", "max_msgs 2", "nats stream edit KV_lockservice --max-msgs"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("503 message %q does not say %q", msg, want)
 		}

@@ -34,7 +34,9 @@ type fullError struct {
 
 func (e *fullError) Error() string { return e.msg }
 
-func (e *fullError) Unwrap() []error { return []error{ErrBucketFull, store.ErrUnavailable, e.cause} }
+func (e *fullError) Unwrap() []error {
+	return []error{ErrBucketFull, store.ErrFull, store.ErrUnavailable, e.cause}
+}
 
 // full returns an error matching ErrBucketFull when apiErr refused a write
 // for space, saying which limit to raise; nil otherwise.

@@ -364,6 +364,10 @@ func mapErr(err error) error {
 	if errors.As(err, &rerr) && !transient(err) {
 		return fmt.Errorf("redis: %w", err)
 	}
+	if goredis.IsOOMError(err) {
+		// Refused before the script ran: nothing was written.
+		return fmt.Errorf("%w (%w: Redis is at its maxmemory; raise it or free keys): %w", store.ErrFull, store.ErrUnavailable, err)
+	}
 	return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
 }
 
