@@ -48,6 +48,9 @@ func (s *Service) adminHandler(op string, h func(*request), withKey bool) micro.
 	return micro.HandlerFunc(func(r micro.Request) {
 		received := time.Now()
 		st.requests.Add(1)
+		if s.dropUnsafeReply(op, r, st, received) {
+			return
+		}
 		key := ""
 		if withKey {
 			if subj := r.Subject(); len(subj) > skip {

@@ -24,6 +24,9 @@ import (
 //     interval; a recovery held back is logged when the interval ends).
 //   - WARN "request refused": a 503 for a limit (in-flight operations,
 //     parked requests per instance or per key), once per limit per interval.
+//   - WARN "request dropped: its reply subject is not an inbox": a request
+//     whose reply subject is one of the service's own or a $-subject was
+//     neither executed nor answered (unsafeReply), once per interval.
 //   - WARN "reply failed", "publish failed", "give back failed": NATS or
 //     the store refused what the instance had to send or undo.
 //   - INFO "stopping", "stopped": Stop began and ended.

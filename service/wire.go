@@ -10,8 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,6 +51,9 @@ func (s *Service) handler(op string, h func(*request), inline bool) micro.Handle
 	return micro.HandlerFunc(func(r micro.Request) {
 		received := time.Now()
 		st.requests.Add(1)
+		if s.dropUnsafeReply(op, r, st, received) {
+			return
+		}
 		subj := r.Subject()
 		key := ""
 		if len(subj) > skip {
@@ -100,6 +105,49 @@ func (s *Service) handler(op string, h func(*request), inline bool) micro.Handle
 			h(req)
 		})
 	})
+}
+
+// unsafeReply says why the service must not answer on reply, "" when it
+// may. NATS checks a publisher's rights on a message's subject, never on
+// its reply subject, and the service answers with its own rights: a client
+// allowed only requests on its own keys could otherwise make the service
+// publish on what the service alone may publish on. An answer (any bytes;
+// an error answer has an empty body, a valid request of several
+// endpoints) on $KV.<bucket>.l.<key> replaces a live lease record, on
+// <prefix>.admin.force.<key> forces a lease, on <prefix>.released.<key> is
+// a forged event, on $JS.API.STREAM.PURGE... purges the bucket. So no
+// answer goes to the service's own subjects (<prefix> and under it) nor
+// to any $-subject (JetStream, KV, object stores, $SYS, $SRV), nor to a
+// subject with wildcards.
+func (s *Service) unsafeReply(reply string) string {
+	switch {
+	case reply == "":
+		return ""
+	case strings.HasPrefix(reply, "$"):
+		return "a $-subject (JetStream, KV, system, discovery)"
+	case reply == s.cfg.Prefix || strings.HasPrefix(reply, s.cfg.Prefix+"."):
+		return "a subject of the lock service (" + s.cfg.Prefix + ".>)"
+	}
+	for tok := range strings.SplitSeq(reply, ".") {
+		if tok == "*" || tok == ">" {
+			return "a subject with wildcards"
+		}
+	}
+	return ""
+}
+
+// dropUnsafeReply drops a request whose reply subject the service must not
+// publish on (unsafeReply), unanswered and not executed, counted as a 400
+// and logged (once per interval). It reports whether it dropped it.
+func (s *Service) dropUnsafeReply(op string, r micro.Request, st *opStats, received time.Time) bool {
+	why := s.unsafeReply(r.Reply())
+	if why == "" {
+		return false
+	}
+	st.record(api.CodeBadRequest, time.Since(received))
+	s.logLimited(slog.LevelWarn, "unsafe reply", "request dropped: its reply subject is not an inbox",
+		slog.String("op", op), slog.String("subject", r.Subject()), slog.String("reply", r.Reply()), slog.String("why", why))
+	return true
 }
 
 // workerIdle is how long an idle worker waits for the next request.
