@@ -133,3 +133,39 @@ func TestReplySubjectCannotAimTheService(t *testing.T) {
 		})
 	}
 }
+
+// TestDiscoveryReplySubjectCannotAimTheService: the same attack through
+// micro discovery, which the template grants tenants: billing sends
+// $SRV.PING, $SRV.INFO or $SRV.STATS with shipping's lease in the bucket
+// as the reply subject, and the micro library answers there with the
+// service's rights (the ping's JSON replaces the live lease record: a
+// second holder). What must hold: discovery answers never land on the
+// bucket, the JetStream API or the service's own subjects, and shipping's
+// lock is untouched.
+func TestDiscoveryReplySubjectCannotAimTheService(t *testing.T) {
+	for _, tc := range []string{"generated service user", "template service user"} {
+		t.Run(tc, func(t *testing.T) {
+			var opts []embedded.Option
+			if tc == "template service user" {
+				opts = templateServiceUser(newErrLog())
+			}
+			srv := securedServer(t, opts...)
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			billing := connectAs(t, srv, "billing")
+			shipping := connectAs(t, srv, "shipping")
+			shipping2 := connectAs(t, srv, "shipping")
+			held, err := shipping.c.Acquire(ctx, "shipping.orders", client.WithTTL(time.Minute))
+			if err != nil {
+				t.Fatalf("shipping Acquire = %v", err)
+			}
+			aimAnswers(t, srv, billing, []replyAttack{
+				{"$SRV.PING", ""}, {"$SRV.INFO.lockservice", ""}, {"$SRV.STATS.lockservice", ""},
+			}, []string{
+				"$KV.lockservice.l.shipping.orders", "$KV.lockservice.o.shipping.orders",
+				"lock.released.shipping.orders", "lock.expired.shipping.orders", "lock.forced.shipping.orders",
+			})
+			shippingStillHolds(ctx, t, held, shipping2)
+		})
+	}
+}
