@@ -1,0 +1,51 @@
+package embedded_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/lockservice/lockservice/embedded"
+)
+
+// TestStartRefusesOpenServerListenersBeyondLoopback: the client port is
+// not the only way in. A leafnode listener without authentication binds
+// any remote server that connects to it to the global account, with every
+// permission; a cluster (route) or gateway listener without authentication
+// takes any server as a peer, which then sees and sends every account's
+// messages. Anyone who reaches such a port can take, release and rewrite
+// every lock and read the lock ids in flight, while the client port listens
+// on loopback only. What must hold: Start refuses such a listener beyond
+// loopback (ErrNoAuth, naming it and --allow-no-auth), as it refuses an
+// open client listener; with authentication of its own, or on loopback,
+// it starts.
+func TestStartRefusesOpenServerListenersBeyondLoopback(t *testing.T) {
+	for name, conf := range map[string]string{
+		"leafnodes":                   "listen: 127.0.0.1:-1\nleafnodes { listen: 0.0.0.0:-1 }\n",
+		"leafnodes without listen":    "listen: 127.0.0.1:-1\nleafnodes { port: -1 }\n",
+		"cluster":                     "listen: 127.0.0.1:-1\ncluster { name: c, listen: 0.0.0.0:-1 }\n",
+		"cluster with users":          "listen: 127.0.0.1:-1\nauthorization { users: [{user: a, password: a}] }\ncluster { name: c, listen: 0.0.0.0:-1 }\n",
+		"gateway":                     "listen: 127.0.0.1:-1\ngateway { name: g, listen: 0.0.0.0:-1 }\n",
+		"leafnodes with no_auth_user": "listen: 127.0.0.1:-1\nno_auth_user: a\nauthorization { users: [{user: a, password: a}] }\nleafnodes { listen: 0.0.0.0:-1 }\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv, err := embedded.Start(embedded.WithDataDir(t.TempDir()), embedded.WithConfigFile(writeConf(t, conf)))
+			if err == nil {
+				srv.Close()
+				t.Fatal("Start = nil, want ErrNoAuth")
+			}
+			if !errors.Is(err, embedded.ErrNoAuth) || !strings.Contains(err.Error(), "--allow-no-auth") {
+				t.Errorf("Start = %v, want ErrNoAuth naming how to allow it", err)
+			}
+		})
+	}
+	for name, conf := range map[string]string{
+		"leafnodes with users":     "listen: 127.0.0.1:-1\nauthorization { users: [{user: a, password: a}] }\nleafnodes { listen: 0.0.0.0:-1 }\n",
+		"leafnodes with their own": "listen: 127.0.0.1:-1\nleafnodes { listen: 0.0.0.0:-1, authorization { user: leaf, password: leaf } }\n",
+		"leafnodes on loopback":    "listen: 127.0.0.1:-1\nleafnodes { listen: 127.0.0.1:-1 }\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			start(t, embedded.WithConfigFile(writeConf(t, conf)))
+		})
+	}
+}
