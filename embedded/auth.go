@@ -1,6 +1,7 @@
 package embedded
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -81,8 +82,13 @@ func loopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// checkListeners refuses client listeners beyond loopback that let clients
-// in without authentication.
+// checkListeners refuses listeners beyond loopback that let clients or
+// servers in without authentication: the client, websocket and MQTT ports,
+// and the leafnode port (a remote leafnode binds to an account with every
+// permission), which the configuration's users authenticate when they have
+// no authentication of their own; and the cluster and gateway ports,
+// which take any server that connects as a peer (it then sees and sends
+// every account's messages) unless their own block authenticates them.
 func checkListeners(o *server.Options, noListen, allow bool) error {
 	if allow {
 		return nil
@@ -93,15 +99,29 @@ func checkListeners(o *server.Options, noListen, allow bool) error {
 		name, host, anonymous string
 		port                  int
 		ownAuth               bool
+		global                bool // the configuration's users authenticate it
+		fix                   string
 	}
+	const addUsers = "add users to the configuration (see nats.conf and docs/HARDENING.md)"
 	// The client port 0 is nats-server's default (4222), -1 a random one.
-	ls := []listener{{"client", o.Host, a.anonymous, 1, false}}
+	ls := []listener{{"client", o.Host, a.anonymous, 1, false, true, addUsers}}
 	if noListen {
 		ls = ls[:0]
 	}
+	leafAuth := o.LeafNode.Username != "" || o.LeafNode.Nkey != "" || len(o.LeafNode.Users) > 0 || verifiesCerts(o.LeafNode.TLSConfig)
+	leafAnonymous := a.anonymous
+	if leafAuth {
+		leafAnonymous = ""
+	}
 	ls = append(ls,
-		listener{"websocket", o.Websocket.Host, o.Websocket.NoAuthUser, o.Websocket.Port, o.Websocket.Username != "" || o.Websocket.Token != ""},
-		listener{"mqtt", o.MQTT.Host, o.MQTT.NoAuthUser, o.MQTT.Port, o.MQTT.Username != "" || o.MQTT.Token != ""})
+		listener{"websocket", o.Websocket.Host, o.Websocket.NoAuthUser, o.Websocket.Port, o.Websocket.Username != "" || o.Websocket.Token != "", true, addUsers},
+		listener{"mqtt", o.MQTT.Host, o.MQTT.NoAuthUser, o.MQTT.Port, o.MQTT.Username != "" || o.MQTT.Token != "", true, addUsers},
+		listener{"leafnode", o.LeafNode.Host, leafAnonymous, o.LeafNode.Port, leafAuth, true,
+			addUsers + " or to the leafnodes block (authorization {...}, or tls { verify: true })"},
+		listener{"cluster", o.Cluster.Host, "", o.Cluster.Port, o.Cluster.Username != "" || verifiesCerts(o.Cluster.TLSConfig), false,
+			"give the cluster block authorization { user, password } or tls { verify: true } (the configuration's users do not authenticate routes)"},
+		listener{"gateway", o.Gateway.Host, "", o.Gateway.Port, o.Gateway.Username != "" || verifiesCerts(o.Gateway.TLSConfig), false,
+			"give the gateway block authorization { user, password } or tls { verify: true } (the configuration's users do not authenticate gateways)"})
 	for _, l := range ls {
 		if l.port == 0 || loopback(l.host) {
 			continue
@@ -112,14 +132,20 @@ func checkListeners(o *server.Options, noListen, allow bool) error {
 		}
 		switch {
 		case l.ownAuth && l.anonymous == "":
-		case !open && l.anonymous == "":
+		case l.global && !open && l.anonymous == "":
 		case l.anonymous != "":
 			return fmt.Errorf("%w: the %s listener on %s lets anonymous clients in as no_auth_user %q, from anywhere that reaches it: remove no_auth_user, listen on 127.0.0.1, or allow it explicitly (--allow-no-auth, embedded.WithAllowNoAuth)", ErrNoAuth, l.name, host, l.anonymous)
 		default:
-			return fmt.Errorf("%w: the %s listener on %s would let anyone who reaches it take, release and rewrite every lock and read the lock ids in flight; add users to the configuration (see nats.conf and docs/HARDENING.md), listen on 127.0.0.1, or allow it explicitly (--allow-no-auth, embedded.WithAllowNoAuth)", ErrNoAuth, l.name, host)
+			return fmt.Errorf("%w: the %s listener on %s would let anyone who reaches it take, release and rewrite every lock and read the lock ids in flight; %s, listen on 127.0.0.1, or allow it explicitly (--allow-no-auth, embedded.WithAllowNoAuth)", ErrNoAuth, l.name, host, l.fix)
 		}
 	}
 	return nil
+}
+
+// verifiesCerts reports whether a listener's TLS requires client
+// certificates signed by its CA (tls { verify: true }): authentication.
+func verifiesCerts(c *tls.Config) bool {
+	return c != nil && c.ClientAuth == tls.RequireAndVerifyClientCert
 }
 
 // identities returns the options with which the service's connection and
