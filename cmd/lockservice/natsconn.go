@@ -328,10 +328,20 @@ func (f *natsFlags) connectError(err error, login string) error {
 	return fmt.Errorf("%s: %w: %w", at, errNATSUnreachable, err)
 }
 
+// parseNATSURL parses one URL of a NATS URL list as nats.go does: one
+// without a scheme (user:password@host:4222) is a nats:// URL.
+func parseNATSURL(part string) (*url.URL, error) {
+	part = strings.TrimSpace(part)
+	if !strings.Contains(part, "://") {
+		part = "nats://" + part
+	}
+	return url.Parse(part)
+}
+
 // urlLogin describes the credentials in a NATS URL, "" when it has none.
 func urlLogin(s string) string {
 	for _, part := range strings.Split(s, ",") {
-		u, err := url.Parse(strings.TrimSpace(part))
+		u, err := parseNATSURL(part)
 		if err != nil || u.User == nil {
 			continue
 		}
@@ -343,12 +353,23 @@ func urlLogin(s string) string {
 	return ""
 }
 
-// redactNATSURL hides the passwords and tokens in a NATS URL list.
+// redactNATSURL hides the passwords and tokens in a NATS URL list (a URL
+// it cannot parse loses everything before its last "@").
 func redactNATSURL(s string) string {
 	parts := strings.Split(s, ",")
 	for i, part := range parts {
-		u, err := url.Parse(strings.TrimSpace(part))
-		if err != nil || u.User == nil {
+		u, err := parseNATSURL(part)
+		switch {
+		case err != nil:
+			if at := strings.LastIndexByte(part, '@'); at >= 0 {
+				from := 0
+				if j := strings.Index(part, "://"); j >= 0 && j < at {
+					from = j + 3
+				}
+				parts[i] = part[:from] + "xxxxx" + part[at:]
+			}
+			continue
+		case u.User == nil:
 			continue
 		}
 		if _, ok := u.User.Password(); ok {
@@ -360,6 +381,10 @@ func redactNATSURL(s string) string {
 	}
 	return strings.Join(parts, ",")
 }
+
+// connectedURL is the URL nc is connected to, its password or token
+// hidden (nats.Conn.ConnectedUrlRedacted hides a password, not a token).
+func connectedURL(nc *nats.Conn) string { return redactNATSURL(nc.ConnectedUrl()) }
 
 func redactURL(s string) string {
 	u, err := url.Parse(s)

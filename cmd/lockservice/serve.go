@@ -272,8 +272,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	mon.serving(svc, c.storeKind, c.svc.Prefix)
-	logStarted(log, c, nc.ConnectedUrlRedacted(), svc.ID())
-	fmt.Fprintf(stdout, "lockservice %s: serving %s.<op>.<key> on %s (%s), instance %s\n", service.Version, c.svc.Prefix, nc.ConnectedUrlRedacted(), storeLine(c), svc.ID())
+	logStarted(log, c, connectedURL(nc), svc.ID())
+	fmt.Fprintf(stdout, "lockservice %s: serving %s.<op>.<key> on %s (%s), instance %s\n", service.Version, c.svc.Prefix, connectedURL(nc), storeLine(c), svc.ID())
 	<-ctx.Done()
 	log.Info("shutting down")
 	fmt.Fprintln(stdout, "lockservice: shutting down")
