@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -69,3 +72,76 @@ func TestNATSErrorsHideCredentialsOfAURLWithoutScheme(t *testing.T) {
 }
 
 func srv(s *server.Server) string { return s.Addr().String() }
+
+// permissionsServer is a nats-server with JetStream and the template's
+// users billing (its keys and its inbox _INBOX.billing only) and
+// lockservice (inbox _INBOX.lockservice only); every password is "pw",
+// in the file it returns.
+func permissionsServer(t *testing.T) (url, pwFile string) {
+	t.Helper()
+	srv := startNATS(t, func(o *server.Options) {
+		o.Users = []*server.User{
+			{Username: "billing", Password: "pw", Permissions: &server.Permissions{
+				Publish:   &server.SubjectPermission{Allow: []string{"lock.*.billing.>", "$SRV.>"}},
+				Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.billing.>"}},
+			}},
+			{Username: "lockservice", Password: "pw", Permissions: &server.Permissions{
+				Publish:   &server.SubjectPermission{Allow: []string{"lock.released.>", "lock.expired.>", "lock.forced.>", "lock.cancel.>", "_INBOX.>", "$KV.lockservice.>", "$JS.API.>"}},
+				Subscribe: &server.SubjectPermission{Allow: []string{"lock.>", "$SRV.>", "_INBOX.lockservice.>"}},
+			}},
+		}
+	})
+	pwFile = filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pwFile, []byte("pw"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return srv.ClientURL(), pwFile
+}
+
+// TestCommandsNameAPermissionViolation: NATS reports a permission
+// violation asynchronously, and the commands waited for an answer that
+// could not come, then said something else: a user confined to its own
+// inbox without --nats-inbox-prefix got "no answer on lock.get.billing.x
+// within --timeout" (get) or, 30 s later, "jetstream: account info:
+// context deadline exceeded" (serve); a request on a key outside the
+// user's permissions got "no answer" (get) or, from lock --wait, "not
+// acquired within --wait: it is held" with the exit status of a held lock.
+// What must hold: the error names the violation (and, for the inbox,
+// --nats-inbox-prefix), and lock does not report a held key.
+func TestCommandsNameAPermissionViolation(t *testing.T) {
+	clearNATSEnv(t)
+	url, pw := permissionsServer(t)
+	login := []string{"--nats-url", url, "--nats-password-file", pw, "--timeout", "2s"}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"get without the inbox prefix", append([]string{"get", "--nats-user", "billing"}, append(login, "billing.x")...),
+			[]string{"Permissions Violation for Subscription", "--nats-inbox-prefix"}},
+		{"get on another tenant's key", append([]string{"get", "--nats-user", "billing", "--nats-inbox-prefix", "_INBOX.billing"}, append(login, "shipping.x")...),
+			[]string{`Permissions Violation for Publish to "lock.get.shipping.x"`}},
+		{"lock on another tenant's key", append([]string{"lock", "--nats-user", "billing", "--nats-inbox-prefix", "_INBOX.billing", "--wait", "3s"}, append(login, "shipping.x", "--", "true")...),
+			[]string{`Permissions Violation for Publish to "lock.acquire.shipping.x"`}},
+		{"serve without the inbox prefix", []string{"--nats-url", url, "--nats-user", "lockservice", "--nats-password-file", pw},
+			[]string{"Permissions Violation for Subscription", "--nats-inbox-prefix"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errOut syncBuffer
+			err := run(ctx, tc.args, &out, &errOut)
+			if err == nil {
+				t.Fatal("run = nil, want an error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("run = %v; want it to say %q", err, w)
+				}
+			}
+			if e := (*exitError)(nil); errors.As(err, &e) && e.code == exitHeld {
+				t.Errorf("run = %v: exit status %d says the key is held", err, e.code)
+			}
+		})
+	}
+}
