@@ -72,6 +72,8 @@ func (f *clientFlags) request(ctx context.Context, nc *nats.Conn, subject string
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
 		return nil, f.noService(subject)
+	case errors.Is(err, context.DeadlineExceeded) && f.refusal.get() != nil:
+		return nil, fmt.Errorf("NATS refused the request (the user's permissions do not cover %s): %w", subject, f.refusal.get())
 	case errors.Is(err, context.DeadlineExceeded):
 		return nil, fmt.Errorf("no answer on %s within --timeout %v", subject, f.timeout)
 	case err != nil:

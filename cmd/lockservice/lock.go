@@ -213,6 +213,10 @@ func acquire(ctx context.Context, c *client.Client, f *lockFlags, key string, si
 		return r.l, nil
 	case sig != nil:
 		return nil, &exitError{code: 128 + signalNumber(sig), err: fmt.Errorf("lock %q: %v while waiting for it; the command did not run", key, sig)}
+	case f.refusal.get() != nil:
+		// NATS refused a request (the user's permissions), which the
+		// client sees as no answer.
+		return nil, failure(fmt.Errorf("lock %q: NATS refused the request (the user's permissions do not cover the key): %w; the command did not run", key, f.refusal.get()))
 	case ctx.Err() != nil:
 		return nil, failure(fmt.Errorf("lock %q: gave up waiting (%v); the command did not run", key, context.Cause(ctx)))
 	case errors.Is(r.err, client.ErrLocked):

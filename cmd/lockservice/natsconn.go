@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -294,7 +295,47 @@ func connectNATS(f *natsFlags, name string, extra ...nats.Option) (*nats.Conn, e
 	if err != nil {
 		return nil, f.connectError(err, login)
 	}
+	if err := f.checkInbox(nc, login); err != nil {
+		nc.Close()
+		return nil, err
+	}
 	return nc, nil
+}
+
+// checkInbox subscribes to an inbox of nc, as every request does for its
+// answer: a user confined to inboxes of its own (docs/HARDENING.md) is
+// refused the subscription when the inbox prefix is not one of them, which
+// NATS reports asynchronously, so every request would only time out.
+func (f *natsFlags) checkInbox(nc *nats.Conn, login string) error {
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox + ".check")
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	if err := nc.FlushTimeout(10 * time.Second); err != nil {
+		return fmt.Errorf("connect to NATS at %s: %w", redactNATSURL(f.natsURL), err)
+	}
+	if err := refused(nc); err != nil {
+		if login == "" {
+			login = "no credentials"
+		}
+		prefix := f.inboxPrefix
+		if prefix == "" {
+			prefix = strings.TrimSuffix(nats.InboxPrefix, ".")
+		}
+		return fmt.Errorf("connect to NATS at %s with %s: answers cannot reach inbox prefix %s: %w (give --nats-inbox-prefix with the prefix the user may subscribe to, e.g. _INBOX.<user>; docs/HARDENING.md)", redactNATSURL(f.natsURL), login, prefix, err)
+	}
+	return nil
+}
+
+// refused returns the permission violation NATS last reported on nc, nil
+// when there was none: a request it refused is otherwise only a timeout.
+func refused(nc *nats.Conn) error {
+	if err := nc.LastError(); errors.Is(err, nats.ErrPermissionViolation) {
+		return err
+	}
+	return nil
 }
 
 // connectError says what failed in a nats.Connect error.
@@ -403,6 +444,33 @@ type clientFlags struct {
 	natsFlags
 	prefix  string
 	timeout time.Duration
+	refusal firstRefusal // of the connection connect made
+}
+
+// firstRefusal keeps the first permission violation NATS reports on a
+// connection: NATS refuses a publish or a subscription asynchronously, so a
+// request it refused is otherwise only a timeout.
+type firstRefusal struct {
+	mu  sync.Mutex
+	err error
+}
+
+func (r *firstRefusal) handler(_ *nats.Conn, _ *nats.Subscription, err error) {
+	if !errors.Is(err, nats.ErrPermissionViolation) {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.err == nil {
+		r.err = err
+	}
+}
+
+// get returns the first permission violation, nil when there was none.
+func (r *firstRefusal) get() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
 }
 
 func (f *clientFlags) register(fs *flag.FlagSet) {
@@ -427,7 +495,7 @@ func (f *clientFlags) validate() error {
 // connect connects to the service's NATS as name; its error (exit 1) says
 // what failed, and how to get a NATS when none answered.
 func (f *clientFlags) connect(name string) (*nats.Conn, error) {
-	nc, err := connectNATS(&f.natsFlags, name)
+	nc, err := connectNATS(&f.natsFlags, name, nats.ErrorHandler(f.refusal.handler))
 	if errors.Is(err, errNATSUnreachable) {
 		err = fmt.Errorf("%w (start a service with its own NATS: lockservice; or point --nats-url or NATS_URL at the NATS your service uses)", err)
 	}
