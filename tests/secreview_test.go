@@ -169,3 +169,26 @@ func TestDiscoveryReplySubjectCannotAimTheService(t *testing.T) {
 		})
 	}
 }
+
+// TestReplySubjectCannotAimTheServiceAtOtherApplications: the embedded
+// service's generated user may publish anywhere in the account, so with
+// the reply subject tenant billing makes the service publish its answers on
+// any other application's subject that billing itself may not publish on
+// (here audit.approved). The template's own service user may publish only
+// into inboxes, its events and its bucket. What must hold: as with the
+// template's user, an answer reaches only an inbox (_INBOX.>).
+func TestReplySubjectCannotAimTheServiceAtOtherApplications(t *testing.T) {
+	for _, tc := range []string{"generated service user", "template service user"} {
+		t.Run(tc, func(t *testing.T) {
+			var opts []embedded.Option
+			if tc == "template service user" {
+				opts = templateServiceUser(newErrLog())
+			}
+			srv := securedServer(t, opts...)
+			billing := connectAs(t, srv, "billing")
+			aimAnswers(t, srv, billing, []replyAttack{
+				{"lock.get.billing.x", ""}, {"lock.get.billing.x", `{"bad":1}`}, {"$SRV.PING", ""},
+			}, []string{"audit.approved", "orders.cancel.42"})
+		})
+	}
+}
