@@ -11,6 +11,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
+
+	"github.com/lockservice/lockservice/service/api"
 )
 
 // ErrNoAuth is returned by Start when the server would accept clients
@@ -151,8 +153,9 @@ func verifiesCerts(c *tls.Config) bool {
 // identities returns the options with which the service's connection and
 // the clients' connection (Conn) authenticate, besides WithServiceConnOptions.
 // When the configuration requires authentication and has a users list, each
-// gets an nkey user of its own, generated now and added to sopts (every
-// permission, in the chosen account); the service's is skipped when
+// gets an nkey user of its own, generated now and added to sopts (in the
+// chosen account; the service's publishes only where servicePermissions
+// says, the clients' anywhere); the service's is skipped when
 // WithServiceConnOptions carries credentials. A configuration with a single
 // user or token instead has both log in as it. Where no user can be added
 // (operator JWTs, auth callout, a bcrypt single password or token), the
@@ -178,11 +181,11 @@ func (o *options) identities(sopts *server.Options) (svc, clients []nats.Option,
 			o.joined = acc.Name
 		}
 		if !given {
-			if svc, err = addNkeyUser(sopts, acc); err != nil {
+			if svc, err = addNkeyUser(sopts, acc, o.servicePermissions()); err != nil {
 				return nil, nil, err
 			}
 		}
-		clients, err = addNkeyUser(sopts, acc)
+		clients, err = addNkeyUser(sopts, acc, nil)
 		return svc, clients, err
 	case sopts.Username != "" && !bcrypted(sopts.Password):
 		single = []nats.Option{nats.UserInfo(sopts.Username, sopts.Password)}
@@ -278,9 +281,28 @@ func serviceAccount(sopts *server.Options, name string) (*server.Account, error)
 	return acc, nil
 }
 
-// addNkeyUser adds a user with a new nkey and every permission, in acc (nil:
-// the global account), to sopts and returns the options that log in as it.
-func addNkeyUser(sopts *server.Options, acc *server.Account) ([]nats.Option, error) {
+// servicePermissions are the rights of the service's generated user:
+// publish into inboxes (answers), on its own subjects (events, cancel),
+// and to JetStream ($KV, $JS: its bucket); subscribe to anything. A
+// client chooses the reply subject of its requests and NATS does not check
+// it, so the service, which answers on it, must not be able to publish on
+// other applications' subjects (it refuses $-subjects and its own, see
+// service.unsafeReply). Answers need the clients' inboxes under _INBOX,
+// as the configuration's users' permissions (docs/HARDENING.md) want them.
+func (o *options) servicePermissions() *server.Permissions {
+	prefix := o.svc.Prefix
+	if prefix == "" {
+		prefix = api.DefaultPrefix
+	}
+	return &server.Permissions{Publish: &server.SubjectPermission{
+		Allow: []string{prefix + ".>", "_INBOX.>", "$KV.>", "$JS.>"},
+	}}
+}
+
+// addNkeyUser adds a user with a new nkey and perms (nil: every
+// permission), in acc (nil: the global account), to sopts and returns the
+// options that log in as it.
+func addNkeyUser(sopts *server.Options, acc *server.Account, perms *server.Permissions) ([]nats.Option, error) {
 	kp, err := nkeys.CreateUser()
 	if err != nil {
 		return nil, fmt.Errorf("embedded: generate nkey: %w", err)
@@ -289,6 +311,6 @@ func addNkeyUser(sopts *server.Options, acc *server.Account) ([]nats.Option, err
 	if err != nil {
 		return nil, fmt.Errorf("embedded: generate nkey: %w", err)
 	}
-	sopts.Nkeys = append(sopts.Nkeys, &server.NkeyUser{Nkey: pub, Account: acc})
+	sopts.Nkeys = append(sopts.Nkeys, &server.NkeyUser{Nkey: pub, Account: acc, Permissions: perms})
 	return []nats.Option{nats.Nkey(pub, kp.Sign)}, nil
 }
