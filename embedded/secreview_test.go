@@ -39,6 +39,23 @@ func TestStartRefusesOpenServerListenersBeyondLoopback(t *testing.T) {
 			}
 		})
 	}
+	// --host 0.0.0.0 with authentication only in another listener's block:
+	// the client port is open.
+	for name, conf := range map[string]string{
+		"websocket auth only": "websocket { listen: 127.0.0.1:-1, no_tls: true, authorization { token: t } }\n",
+		"leafnode auth only":  "leafnodes { listen: 127.0.0.1:-1, authorization { user: l, password: l } }\n",
+	} {
+		t.Run("--host 0.0.0.0 with "+name, func(t *testing.T) {
+			srv, err := embedded.Start(embedded.WithDataDir(t.TempDir()), embedded.WithConfigFile(writeConf(t, conf)), embedded.WithListen("0.0.0.0", -1))
+			if err == nil {
+				srv.Close()
+				t.Fatal("Start = nil, want ErrNoAuth")
+			}
+			if !errors.Is(err, embedded.ErrNoAuth) || !strings.Contains(err.Error(), "client listener") {
+				t.Errorf("Start = %v, want ErrNoAuth naming the client listener", err)
+			}
+		})
+	}
 	for name, conf := range map[string]string{
 		"leafnodes with users":     "listen: 127.0.0.1:-1\nauthorization { users: [{user: a, password: a}] }\nleafnodes { listen: 0.0.0.0:-1 }\n",
 		"leafnodes with their own": "listen: 127.0.0.1:-1\nleafnodes { listen: 0.0.0.0:-1, authorization { user: leaf, password: leaf } }\n",
