@@ -118,8 +118,26 @@ func (s *Service) handler(op string, h func(*request), inline bool) micro.Handle
 // a forged event, on $JS.API.STREAM.PURGE... purges the bucket. So no
 // answer goes to the service's own subjects (<prefix> and under it) nor
 // to any $-subject (JetStream, KV, object stores, $SYS, $SRV), nor to a
-// subject with wildcards.
+// subject with wildcards; a reply subject routed through a gateway
+// (_GR_.<cluster>.<server>.<reply>) is judged by the reply behind it.
 func (s *Service) unsafeReply(reply string) string {
+	// A request that crossed a gateway has its reply subject behind the
+	// gateway's prefix, and is answered on that reply subject in its
+	// origin cluster: judge that one.
+	for {
+		rest, ok := strings.CutPrefix(reply, "_GR_.")
+		if !ok {
+			rest, ok = strings.CutPrefix(reply, "$GR.") // older nats-server
+		}
+		if !ok {
+			break
+		}
+		parts := strings.SplitN(rest, ".", 3) // cluster hash, server hash, reply
+		if len(parts) < 3 {
+			return "a gateway reply subject without a reply"
+		}
+		reply = parts[2]
+	}
 	switch {
 	case reply == "":
 		return ""
