@@ -282,7 +282,8 @@ func serviceAccount(sopts *server.Options, name string) (*server.Account, error)
 }
 
 // servicePermissions are the rights of the service's generated user:
-// publish into inboxes (answers), on its own subjects (events, cancel),
+// publish into inboxes and the reply subjects NATS maps (answers), on its
+// own subjects (events, cancel),
 // and to JetStream ($KV, $JS: its bucket); subscribe to anything. A
 // client chooses the reply subject of its requests and NATS does not check
 // it, so the service, which answers on it, must not be able to publish on
@@ -295,7 +296,10 @@ func (o *options) servicePermissions() *server.Permissions {
 		prefix = api.DefaultPrefix
 	}
 	return &server.Permissions{Publish: &server.SubjectPermission{
-		Allow: []string{prefix + ".>", "_INBOX.>", "$KV.>", "$JS.>"},
+		// _R_.> and _GR_.>: the reply subjects NATS gives requests from an
+		// account that imports the service, and from across a gateway
+		// (clients cannot send them: reserved).
+		Allow: []string{prefix + ".>", "_INBOX.>", "_R_.>", "_GR_.>", "$KV.>", "$JS.>"},
 	}}
 }
 

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/lockservice/lockservice/embedded"
 )
 
@@ -65,4 +67,26 @@ func TestStartRefusesOpenServerListenersBeyondLoopback(t *testing.T) {
 			start(t, embedded.WithConfigFile(writeConf(t, conf)))
 		})
 	}
+}
+
+// TestStartWithAccountsServesAnImportingAccount: HARDENING.md tells how to
+// share the locks with other accounts: export lock.> from the service's
+// account and import it. NATS then maps each request's reply subject to a
+// reserved _R_. subject of the service's account, which the service must be
+// allowed to publish on (its generated user publishes only where it needs
+// to). What must hold: a user of the importing account takes and releases
+// a lock.
+func TestStartWithAccountsServesAnImportingAccount(t *testing.T) {
+	srv := start(t, embedded.WithAccount("LOCKS"), embedded.WithConfigFile(writeConf(t, `listen: 127.0.0.1:-1
+accounts {
+  LOCKS { jetstream: enabled, users: [ {user: app, password: app} ], exports: [ {service: "lock.>"} ] }
+  OTHER { users: [ {user: other, password: other} ], imports: [ {service: {account: LOCKS, subject: "lock.>"}} ] }
+}
+`)))
+	other, err := nats.Connect(srv.URL, nats.UserInfo("other", "other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	acquire(t, other, "imported.key")
 }
