@@ -7,8 +7,8 @@ import "testing"
 // (_GR_.<cluster hash>.<server hash>.<reply>; $GR. on old servers), and the
 // origin cluster delivers the answer on <reply> as it is. So a reply
 // subject $KV.lockservice.l.<key> sent from another cluster reaches the
-// service as _GR_.x.y.$KV.lockservice.l.<key>, and a client can write that
-// form itself. What must hold: the service judges the reply subject behind
+// service as _GR_.x.y.$KV.lockservice.l.<key> (a client cannot send that
+// form itself: nats-server refuses reserved reply subjects). What must hold: the service judges the reply subject behind
 // the prefix, refusing the same subjects as without a gateway and answering
 // inboxes behind it (and not refusing them for the prefix's $).
 func TestUnsafeReplyUnwrapsGatewayReplies(t *testing.T) {
