@@ -142,3 +142,20 @@ func TestPortOutOfRange(t *testing.T) {
 		}
 	}
 }
+
+// TestNATSTokenNeverPrintedWithoutJetStream: the JetStream store's start
+// errors name the server by nats.Conn.ConnectedUrlRedacted too, which
+// shows a token.
+func TestNATSTokenNeverPrintedWithoutJetStream(t *testing.T) {
+	clearNATSEnv(t)
+	const token = "t0ken-s3cret-4712"
+	ns := startNATS(t, func(o *server.Options) { o.JetStream = false; o.Authorization = token })
+	t.Setenv("NATS_URL", "nats://"+token+"@"+ns.Addr().String())
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	var out, errOut syncBuffer
+	err := run(ctx, nil, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "JetStream") || strings.Contains(fmt.Sprint(err)+out.String()+errOut.String(), token) {
+		t.Errorf("serve on a NATS without JetStream = %v (output %q), want an error naming JetStream without the token", err, out.String()+errOut.String())
+	}
+}
