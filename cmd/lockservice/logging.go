@@ -56,7 +56,7 @@ func natsLogOptions(log *slog.Logger) []nats.Option {
 			log.Warn("NATS disconnected: reconnecting", slog.Any("err", err))
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			log.Info("NATS reconnected", slog.String("url", nc.ConnectedUrlRedacted()), slog.String("server", nc.ConnectedServerName()))
+			log.Info("NATS reconnected", slog.String("url", redactNATSURL(nc.ConnectedUrl())), slog.String("server", nc.ConnectedServerName()))
 		}),
 		nats.ClosedHandler(func(*nats.Conn) { log.Info("NATS connection closed") }),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {

@@ -272,8 +272,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	mon.serving(svc, c.storeKind, c.svc.Prefix)
-	logStarted(log, c, nc.ConnectedUrlRedacted(), svc.ID())
-	fmt.Fprintf(stdout, "lockservice %s: serving %s.<op>.<key> on %s (%s), instance %s\n", service.Version, c.svc.Prefix, nc.ConnectedUrlRedacted(), storeLine(c), svc.ID())
+	logStarted(log, c, redactNATSURL(nc.ConnectedUrl()), svc.ID())
+	fmt.Fprintf(stdout, "lockservice %s: serving %s.<op>.<key> on %s (%s), instance %s\n", service.Version, c.svc.Prefix, redactNATSURL(nc.ConnectedUrl()), storeLine(c), svc.ID())
 	<-ctx.Done()
 	log.Info("shutting down")
 	fmt.Fprintln(stdout, "lockservice: shutting down")
@@ -320,21 +320,21 @@ func redisClient(rawURL, mode string) (goredis.UniversalClient, error) {
 	case "single":
 		o, err := goredis.ParseURL(rawURL)
 		if err != nil {
-			return nil, fmt.Errorf("--redis-url %q: %w (want redis://[user:password@]host:port/db or rediss:// for TLS)", redactURL(rawURL), err)
+			return nil, fmt.Errorf("--redis-url %q: %w (want redis://[user:password@]host:port/db or rediss:// for TLS)", redactURL(rawURL), urlError(err))
 		}
 		o.MaxRetries = -1 // a retried script could report an applied release as not held
 		return goredis.NewClient(o), nil
 	case "cluster":
 		o, err := goredis.ParseClusterURL(rawURL)
 		if err != nil {
-			return nil, fmt.Errorf("--redis-url %q: %w (want redis://host:port?addr=host2:port2&addr=...)", redactURL(rawURL), err)
+			return nil, fmt.Errorf("--redis-url %q: %w (want redis://host:port?addr=host2:port2&addr=...)", redactURL(rawURL), urlError(err))
 		}
 		o.MaxRetries = -1
 		return goredis.NewClusterClient(o), nil
 	case "sentinel":
 		o, err := goredis.ParseFailoverURL(rawURL)
 		if err != nil {
-			return nil, fmt.Errorf("--redis-url %q: %w (want redis://sentinel:26379?master_name=mymaster&addr=sentinel2:26379)", redactURL(rawURL), err)
+			return nil, fmt.Errorf("--redis-url %q: %w (want redis://sentinel:26379?master_name=mymaster&addr=sentinel2:26379)", redactURL(rawURL), urlError(err))
 		}
 		o.MaxRetries = -1
 		return goredis.NewFailoverClient(o), nil
