@@ -92,13 +92,13 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, fmt.Errorf("unexpected argument %q (flags start with -; the commands are serve, lock, get and ls)", fs.Arg(0))
 	}
 	if c.storeKind != "jetstream" && c.storeKind != "redis" {
-		return nil, fmt.Errorf("--store must be jetstream or redis, got %q", c.storeKind)
+		return nil, fmt.Errorf("%s must be jetstream or redis, got %q", c.ops.setting("store"), c.storeKind)
 	}
-	if c.objectTTL < 0 {
-		return nil, fmt.Errorf("--object-ttl must not be negative")
+	if c.storeKind == "redis" && c.redisMode != "single" && c.redisMode != "cluster" && c.redisMode != "sentinel" {
+		return nil, fmt.Errorf("%s must be single, cluster or sentinel, got %q", c.ops.setting("redis-mode"), c.redisMode)
 	}
-	if c.bucketMaxMsgs < 0 {
-		return nil, fmt.Errorf("--bucket-max-msgs must not be negative (0 = no limit), got %d", c.bucketMaxMsgs)
+	if c.port < -1 || c.port > 65535 {
+		return nil, fmt.Errorf("%s must be a TCP port, 1 to 65535 (-1: any free port), got %d", c.ops.setting("port"), c.port)
 	}
 	if c.natsURL != "" {
 		from := "--nats-url"
