@@ -159,3 +159,15 @@ func TestNATSTokenNeverPrintedWithoutJetStream(t *testing.T) {
 		t.Errorf("serve on a NATS without JetStream = %v (output %q), want an error naming JetStream without the token", err, out.String()+errOut.String())
 	}
 }
+
+// TestEmbeddedFlagsWithNATSURLVariable: with LOCKSERVICE_NATS_URL set and
+// --port given, the error named --nats-url (not given) and told to unset
+// NATS_URL (not set): it must name the variable that selected the NATS.
+func TestEmbeddedFlagsWithNATSURLVariable(t *testing.T) {
+	clearNATSEnv(t)
+	t.Setenv("LOCKSERVICE_NATS_URL", "nats://127.0.0.1:1")
+	err := run(t.Context(), []string{"--port", strconv.Itoa(testsrv.FreePort(t))}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "LOCKSERVICE_NATS_URL") || strings.Contains(err.Error(), "unset NATS_URL") {
+		t.Errorf("serve --port with LOCKSERVICE_NATS_URL = %v, want an error naming LOCKSERVICE_NATS_URL", err)
+	}
+}
