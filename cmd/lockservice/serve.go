@@ -101,13 +101,16 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, fmt.Errorf("%s must be a TCP port, 1 to 65535 (-1: any free port), got %d", c.ops.setting("port"), c.port)
 	}
 	if c.natsURL != "" {
-		from := "--nats-url"
-		if !c.given("nats-url") {
+		from, unset := c.ops.setting("nats-url"), "NATS_URL"
+		switch {
+		case !c.given("nats-url"):
 			from = "$NATS_URL"
+		case c.ops.fromEnv["nats-url"]:
+			unset = envName("nats-url")
 		}
 		for _, name := range []string{"c", "host", "port", "data-dir", "account", "allow-no-auth", "max-store"} {
 			if c.given(name) {
-				return nil, fmt.Errorf("-%s configures the embedded nats-server, but %s (%s) selects an existing NATS: drop one of them (unset NATS_URL to embed a server)", dashes(name), from, redactNATSURL(c.natsURL))
+				return nil, fmt.Errorf("%s configures the embedded nats-server, but %s (%s) selects an existing NATS: drop one of them (unset %s to embed a server)", c.ops.setting(name), from, redactNATSURL(c.natsURL), unset)
 			}
 		}
 	}
