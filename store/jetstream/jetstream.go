@@ -203,13 +203,13 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	ai, err := js.AccountInfo(ctx)
 	if err != nil {
 		if errors.Is(err, natsjs.ErrJetStreamNotEnabled) || errors.Is(err, natsjs.ErrJetStreamNotEnabledForAccount) {
-			return nil, fmt.Errorf("jetstream: JetStream is not enabled on nats-server %s at %s; start it with -js (or a jetstream{} block)", nc.ConnectedServerVersion(), nc.ConnectedUrlRedacted())
+			return nil, fmt.Errorf("jetstream: JetStream is not enabled on nats-server %s at %s; start it with -js (or a jetstream{} block)", nc.ConnectedServerVersion(), nc.ConnectedAddr())
 		}
 		return nil, fmt.Errorf("jetstream: account info: %w", err)
 	}
 	if ai.API.Level < 2 {
 		return nil, fmt.Errorf("%w: nats-server %s at %s has JetStream API level %d; lockservice needs nats-server 2.12 or newer (API level 2) for per-key TTLs and atomic batch publish",
-			ErrServerTooOld, nc.ConnectedServerVersion(), nc.ConnectedUrlRedacted(), ai.API.Level)
+			ErrServerTooOld, nc.ConnectedServerVersion(), nc.ConnectedAddr(), ai.API.Level)
 	}
 	s := &Store{
 		nc: nc, js: js, cfg: cfg, log: cfg.Logger,

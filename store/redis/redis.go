@@ -265,7 +265,12 @@ func (s *Store) Close() error { return nil }
 func addrOf(rdb goredis.UniversalClient) string {
 	switch c := rdb.(type) {
 	case *goredis.Client:
-		return c.Options().Addr
+		if a := c.Options().Addr; a != "FailoverClient" {
+			return a
+		}
+		// A Sentinel client's placeholder: its errors name the
+		// sentinels it asked.
+		return "the Sentinel primary"
 	case *goredis.ClusterClient:
 		return strings.Join(c.Options().Addrs, ",")
 	case *goredis.Ring:
