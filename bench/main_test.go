@@ -22,7 +22,7 @@ func TestRunShort(t *testing.T) {
 	}
 	got := out.String()
 	for _, want := range []string{
-		"## Machine", "nproc", "## Results", "## Targets (issue 5)",
+		"## Machine", "nproc", "## Results", "## Targets (issue 13)",
 		"| 1 | pair latency p50 | µs |",
 		"| 2 | pairs/s (4 clients × 4 keys) | /s |",
 		"| 3 hold 0 | acquisitions/s |", "| 3 hold 1ms | handoff p50",

@@ -160,7 +160,7 @@ func (r *results) print(w io.Writer, cfg *config) {
 		fmt.Fprintln(w)
 	}
 	if len(r.checks) > 0 {
-		fmt.Fprintf(w, "\n## Targets (issue 5)\n\n| # | target | wanted | measured | |\n|---|---|---|---|---|\n")
+		fmt.Fprintf(w, "\n## Targets (issue 13)\n\n| # | target | wanted | measured | |\n|---|---|---|---|---|\n")
 		met := 0
 		for _, c := range r.checks {
 			verdict := "MISS"

@@ -245,7 +245,7 @@ func (b *bench) scale(ctx context.Context, t string) error {
 	if t == tRedis && b.env.redis != nil {
 		what = "process + redis-server RSS"
 	}
-	b.res.check("5", t, "< 1 GiB RSS in total", fmt.Sprintf("%.0f MiB (%s)", mib(total), what), total < 1<<30)
+	b.res.check("5", t, "T7: < 256 MiB RSS in total", fmt.Sprintf("%.0f MiB (%s)", mib(total), what), total < 256<<20)
 	return nil
 }
 

@@ -241,6 +241,11 @@ func (c *Client) call(ctx context.Context, op, key string, req, resp any) error 
 		if errors.Is(err, nats.ErrNoResponders) {
 			return c.noResponders(op, key)
 		}
+		if errors.Is(err, nats.ErrMaxPayload) {
+			// Refused before sending: retrying fails the same way.
+			return fmt.Errorf("client: %s %q: %w: the request is %d bytes, more than the NATS server's max payload (%d); keep large data elsewhere and a reference in the state: %w",
+				op, key, ErrBadRequest, len(msg.Data), c.nc.MaxPayload(), err)
+		}
 		return fmt.Errorf("client: %s %q: %w", op, key, err)
 	}
 	return decodeAnswer(op, key, m, resp)

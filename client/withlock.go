@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -27,7 +28,10 @@ import (
 // error too when fn failed. Otherwise, if fn returns an error or panics,
 // the lock is released without writing and the error is returned (the
 // panic continues). A release answered "not held" returns an error
-// matching ErrNotHeld (nothing was written).
+// matching ErrNotHeld (nothing was written). A state the service or NATS
+// refuses (larger than the service's max value bytes or NATS's max
+// payload) is not written either: the lock is released without it and the
+// error matches ErrBadRequest.
 func (c *Client) WithLock(ctx context.Context, key string, fn func(ctx context.Context, state []byte) ([]byte, error), opts ...AcquireOption) ([]byte, error) {
 	l, err := c.Acquire(ctx, key, append([]AcquireOption{WithKeepAlive()}, opts...)...)
 	if err != nil {
@@ -70,6 +74,11 @@ func (c *Client) WithLock(ctx context.Context, key string, fn func(ctx context.C
 	}
 	err = l.ReleaseWith(rctx, out) // nil: released keeping the state
 	released = true
+	if errors.Is(err, ErrBadRequest) {
+		// The state was refused (too large): nothing was written or
+		// released. Release without writing, as for a failed callback.
+		_ = l.Release(rctx)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("client: with lock %q: %w", key, err)
 	}

@@ -128,10 +128,19 @@ type leaseWatch struct {
 }
 
 // watchLeaseLocked sets the timer for the lease with token on key, ending
-// in d (stores without Notifier; d 0: unknown end).
+// in d (d 0: unknown end). Stores with Notifier report lease ends, but
+// their server may act on an end late (JetStream's expiry scan runs every
+// 250 ms, later in a busy bucket): for them the timer is set only while
+// requests are parked on the key, whose attempt at the end the store
+// decides by its server's clock.
 func (s *Service) watchLeaseLocked(key string, token uint64, d time.Duration) {
-	if _, ok := s.st.(store.Notifier); ok || d <= 0 || s.stopping.Load() {
+	if d <= 0 || s.stopping.Load() {
 		return
+	}
+	if _, ok := s.st.(store.Notifier); ok {
+		if ks := s.keys[key]; ks == nil || ks.q.len() == 0 {
+			return
+		}
 	}
 	if lw := s.watches[key]; lw != nil {
 		lw.timer.Stop()
@@ -162,10 +171,17 @@ func (s *Service) leaseDue(key string, lw *leaseWatch) {
 	if ks := s.keys[key]; ks != nil && ks.q.len() > 0 {
 		delete(s.watches, key)
 		if !lw.released {
-			ks.expiring = lw.token
+			if _, ok := s.st.(store.Notifier); !ok {
+				ks.expiring = lw.token // a Notifier store reports the expiry itself
+			}
 			s.stats.expiryWakeups.Add(1)
 		}
 		s.wakeLocked(key, ks)
+		s.mu.Unlock()
+		return
+	}
+	if _, ok := s.st.(store.Notifier); ok {
+		delete(s.watches, key) // nothing parked here; the store reports the end
 		s.mu.Unlock()
 		return
 	}

@@ -75,6 +75,19 @@ func (l *logLimiter) allow(cause string, now time.Time) (ok bool, suppressed int
 	return true, suppressed
 }
 
+// clearCounts forgets the lines held back of the causes for which match
+// holds; it keeps when their last line was let through, so a cause stays
+// limited to one line per interval.
+func (l *logLimiter) clearCounts(match func(cause string) bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for k, c := range l.causes {
+		if match(k) {
+			c.suppressed = 0
+		}
+	}
+}
+
 // next returns when a line of cause may next be let through.
 func (l *logLimiter) next(cause string) time.Time {
 	l.mu.Lock()

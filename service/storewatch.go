@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/lockservice/lockservice/store"
@@ -157,11 +158,18 @@ func (s *Service) storeDone(op, key string, start time.Time, err error) {
 	}
 	if failed(outcome) {
 		cause := rootCause(err).Error()
-		s.logLimited(slog.LevelError, "store "+outcome+": "+cause, "store call failed",
+		s.logLimited(slog.LevelError, storeFailureCause+outcome+": "+cause, "store call failed",
 			slog.String("outcome", outcome), slog.String("cause", cause),
 			slog.String("op", op), slog.String("key", key), slog.Any("err", err))
 	}
 	if rec, ok := s.health.record(start, end, outcome, err); ok {
+		// The recovery line counts the failed calls: the failure lines
+		// held back are not carried to the next outage's first line.
+		s.limiter.clearCounts(func(cause string) bool { return strings.HasPrefix(cause, storeFailureCause) })
 		s.logRecovered(rec)
 	}
 }
+
+// storeFailureCause starts the log limiter's causes of "store call failed"
+// lines.
+const storeFailureCause = "store call failed: "

@@ -186,7 +186,10 @@ export declare class DistributedLock implements IDistributedLock {
    * kept alive while the callback runs (unless options.keepAlive is false).
    * If the lock was lost first, nothing is written and a NotHeldError is
    * thrown; if the callback throws, the lock is released without writing
-   * and its error rethrown. A callback that returns undefined keeps the state.
+   * and its error rethrown; if it returns a state too large to write (over
+   * the service's --max-value-bytes or NATS's max payload), the lock is
+   * released without writing and a BadRequestError thrown. A callback that
+   * returns undefined keeps the state.
    */
   withLock<T>(
     key: string,

@@ -32,14 +32,15 @@ func newLogger(w io.Writer, format, level string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// checkLogFlags checks --log-format and --log-level.
-func checkLogFlags(format, level string) error {
+// checkLogFlags checks --log-format and --log-level; setting names a flag
+// in the error (opsConfig.setting).
+func checkLogFlags(format, level string, setting func(string) string) error {
 	if format != "text" && format != "json" {
-		return fmt.Errorf("--log-format must be text or json, got %q", format)
+		return fmt.Errorf("%s must be text or json, got %q", setting("log-format"), format)
 	}
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return fmt.Errorf("--log-level must be debug, info, warn or error, got %q", level)
+		return fmt.Errorf("%s must be debug, info, warn or error, got %q", setting("log-level"), level)
 	}
 	return nil
 }

@@ -352,7 +352,10 @@ func (f *natsFlags) connectError(err error, login string) error {
 		record     tls.RecordHeaderError
 		invalidCrt x509.CertificateInvalidError
 	)
+	var parse *url.Error
 	switch {
+	case errors.As(err, &parse) && parse.Op == "parse":
+		return fmt.Errorf("%s: %w", at, urlError(err))
 	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired),
 		errors.Is(err, nats.ErrAuthRevoked), errors.Is(err, nats.ErrAccountAuthExpired):
 		return fmt.Errorf("%s: the server refused the login with %s: %w (check the user and its password, token, nkey or credentials file)", at, login, err)
@@ -400,17 +403,11 @@ func redactNATSURL(s string) string {
 	parts := strings.Split(s, ",")
 	for i, part := range parts {
 		u, err := parseNATSURL(part)
-		switch {
-		case err != nil:
-			if at := strings.LastIndexByte(part, '@'); at >= 0 {
-				from := 0
-				if j := strings.Index(part, "://"); j >= 0 && j < at {
-					from = j + 3
-				}
-				parts[i] = part[:from] + "xxxxx" + part[at:]
-			}
+		if err != nil {
+			parts[i] = hideUserinfo(part)
 			continue
-		case u.User == nil:
+		}
+		if u.User == nil {
 			continue
 		}
 		if _, ok := u.User.Password(); ok {
@@ -429,13 +426,45 @@ func connectedURL(nc *nats.Conn) string { return redactNATSURL(nc.ConnectedUrl()
 
 func redactURL(s string) string {
 	u, err := url.Parse(s)
-	if err != nil || u.User == nil {
+	if err != nil {
+		return hideUserinfo(s)
+	}
+	if u.User == nil {
 		return s
 	}
 	if _, ok := u.User.Password(); ok {
 		u.User = url.UserPassword(u.User.Username(), "xxxxx")
 	}
 	return u.String()
+}
+
+// hideUserinfo hides the user information of a URL that does not parse:
+// everything between the scheme and the last '@'.
+func hideUserinfo(s string) string {
+	at := strings.LastIndex(s, "@")
+	if at < 0 {
+		return s
+	}
+	start := 0
+	if i := strings.Index(s, "://"); i >= 0 && i < at {
+		start = i + len("://")
+	}
+	return s[:start] + "xxxxx" + s[at:]
+}
+
+// urlError returns err, or, when err is url.Parse's refusal of a URL, an
+// error saying what is wrong without quoting the URL, which may hold a
+// password.
+func urlError(err error) error {
+	var ue *url.Error
+	if !errors.As(err, &ue) || ue.Op != "parse" {
+		return err
+	}
+	var esc url.EscapeError
+	if errors.As(ue.Err, &esc) {
+		return errors.New("not a valid URL: a '%' that does not start an escape (write a '%' of a user name or password as %25, and percent-encode its ':', '@' and '/')")
+	}
+	return fmt.Errorf("not a valid URL: %w", ue.Err)
 }
 
 // clientFlags are the flags of the commands that talk to a running service

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 
@@ -19,6 +20,8 @@ type opsConfig struct {
 	flags               *flag.FlagSet
 	// explicit names the flags set on the command line or by a variable.
 	explicit map[string]bool
+	// fromEnv names the flags set by their LOCKSERVICE_ variable.
+	fromEnv map[string]bool
 }
 
 // register adds the flags of o, and of the service's settings that are
@@ -37,12 +40,59 @@ func (o *opsConfig) register(fs *flag.FlagSet, svc *service.Config) {
 // parsed takes the flags of fs not given on the command line from the
 // environment, remembers what was set, and checks o's flags.
 func (o *opsConfig) parsed(fs *flag.FlagSet) error {
+	onCommandLine := explicitFlags(fs)
 	if err := applyEnv(fs, os.LookupEnv); err != nil {
 		return err
 	}
 	o.flags = fs
 	o.explicit = explicitFlags(fs)
-	return checkLogFlags(o.logFormat, o.logLevel)
+	o.fromEnv = map[string]bool{}
+	for name := range o.explicit {
+		o.fromEnv[name] = !onCommandLine[name]
+	}
+	if err := checkLogFlags(o.logFormat, o.logLevel, o.setting); err != nil {
+		return err
+	}
+	return checkNotNegative(fs, o.setting)
+}
+
+// setting names flag name for a message about its value: "--max-ttl", or
+// "LOCKSERVICE_MAX_TTL (--max-ttl)" when its variable set it.
+func (o *opsConfig) setting(name string) string {
+	flag := "-" + dashes(name)
+	if o.fromEnv[name] {
+		return envName(name) + " (" + flag + ")"
+	}
+	return flag
+}
+
+// canBeNegative lists the number flags with a meaning below zero:
+// nats-server's port -1 picks a free one.
+var canBeNegative = map[string]bool{"port": true}
+
+// checkNotNegative refuses a negative duration or count in a flag of fs,
+// naming it with setting.
+func checkNotNegative(fs *flag.FlagSet, setting func(string) string) error {
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		g, ok := f.Value.(flag.Getter)
+		if err != nil || !ok || canBeNegative[f.Name] {
+			return
+		}
+		negative := false
+		switch v := g.Get().(type) {
+		case time.Duration:
+			negative = v < 0
+		case int:
+			negative = v < 0
+		case int64:
+			negative = v < 0
+		}
+		if negative {
+			err = fmt.Errorf("%s must not be negative, got %s", setting(f.Name), f.Value)
+		}
+	})
+	return err
 }
 
 // embeddedListen is the embedded server's listen address when --host or

@@ -92,22 +92,25 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, fmt.Errorf("unexpected argument %q (flags start with -; the commands are serve, lock, get and ls)", fs.Arg(0))
 	}
 	if c.storeKind != "jetstream" && c.storeKind != "redis" {
-		return nil, fmt.Errorf("--store must be jetstream or redis, got %q", c.storeKind)
+		return nil, fmt.Errorf("%s must be jetstream or redis, got %q", c.ops.setting("store"), c.storeKind)
 	}
-	if c.objectTTL < 0 {
-		return nil, fmt.Errorf("--object-ttl must not be negative")
+	if c.storeKind == "redis" && c.redisMode != "single" && c.redisMode != "cluster" && c.redisMode != "sentinel" {
+		return nil, fmt.Errorf("%s must be single, cluster or sentinel, got %q", c.ops.setting("redis-mode"), c.redisMode)
 	}
-	if c.bucketMaxMsgs < 0 {
-		return nil, fmt.Errorf("--bucket-max-msgs must not be negative (0 = no limit), got %d", c.bucketMaxMsgs)
+	if c.port < -1 || c.port > 65535 {
+		return nil, fmt.Errorf("%s must be a TCP port, 1 to 65535 (-1: any free port), got %d", c.ops.setting("port"), c.port)
 	}
 	if c.natsURL != "" {
-		from := "--nats-url"
-		if !c.given("nats-url") {
+		from, unset := c.ops.setting("nats-url"), "NATS_URL"
+		switch {
+		case !c.given("nats-url"):
 			from = "$NATS_URL"
+		case c.ops.fromEnv["nats-url"]:
+			unset = envName("nats-url")
 		}
 		for _, name := range []string{"c", "host", "port", "data-dir", "account", "allow-no-auth", "max-store"} {
 			if c.given(name) {
-				return nil, fmt.Errorf("-%s configures the embedded nats-server, but %s (%s) selects an existing NATS: drop one of them (unset NATS_URL to embed a server)", dashes(name), from, redactNATSURL(c.natsURL))
+				return nil, fmt.Errorf("%s configures the embedded nats-server, but %s (%s) selects an existing NATS: drop one of them (unset %s to embed a server)", c.ops.setting(name), from, redactNATSURL(c.natsURL), unset)
 			}
 		}
 	}
@@ -320,21 +323,21 @@ func redisClient(rawURL, mode string) (goredis.UniversalClient, error) {
 	case "single":
 		o, err := goredis.ParseURL(rawURL)
 		if err != nil {
-			return nil, fmt.Errorf("--redis-url %q: %w (want redis://[user:password@]host:port/db or rediss:// for TLS)", redactURL(rawURL), err)
+			return nil, fmt.Errorf("--redis-url %q: %w (want redis://[user:password@]host:port/db or rediss:// for TLS)", redactURL(rawURL), urlError(err))
 		}
 		o.MaxRetries = -1 // a retried script could report an applied release as not held
 		return goredis.NewClient(o), nil
 	case "cluster":
 		o, err := goredis.ParseClusterURL(rawURL)
 		if err != nil {
-			return nil, fmt.Errorf("--redis-url %q: %w (want redis://host:port?addr=host2:port2&addr=...)", redactURL(rawURL), err)
+			return nil, fmt.Errorf("--redis-url %q: %w (want redis://host:port?addr=host2:port2&addr=...)", redactURL(rawURL), urlError(err))
 		}
 		o.MaxRetries = -1
 		return goredis.NewClusterClient(o), nil
 	case "sentinel":
 		o, err := goredis.ParseFailoverURL(rawURL)
 		if err != nil {
-			return nil, fmt.Errorf("--redis-url %q: %w (want redis://sentinel:26379?master_name=mymaster&addr=sentinel2:26379)", redactURL(rawURL), err)
+			return nil, fmt.Errorf("--redis-url %q: %w (want redis://sentinel:26379?master_name=mymaster&addr=sentinel2:26379)", redactURL(rawURL), urlError(err))
 		}
 		o.MaxRetries = -1
 		return goredis.NewFailoverClient(o), nil

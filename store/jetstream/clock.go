@@ -158,6 +158,19 @@ func (s *Store) endedAt(ctx context.Context, st lockState, end time.Time) (bool,
 	return !now.Before(end), nil
 }
 
+// untilEnd is how long until the lease message st ends (the lease and its
+// lock-delay) by the clock estimate, at least 1ms; 0 without an estimate.
+// The service sets a timer by it for the requests parked on the key, so
+// that an expiry is acted on at the end rather than when the server's
+// expiry scan removes the message.
+func (s *Store) untilEnd(st lockState) time.Duration {
+	est, ok := s.clock.estimate()
+	if !ok || st.stored.IsZero() {
+		return 0
+	}
+	return max(st.end().Sub(est), time.Millisecond)
+}
+
 // delayLeft is how long the lock-delay of st, whose holder's part has
 // ended, still runs by the clock estimate: at least 1ms (it has not ended
 // by the last look).

@@ -97,3 +97,28 @@ func TestLockDelayOverLongestLease(t *testing.T) {
 		t.Fatalf("Acquire with TTL+delay over the marker TTL = %v, want ErrInvalid", err)
 	}
 }
+
+// TestLockedErrorTellsTheLeaseEnd: a refusal says when the lease message
+// ends by the server's clock (the service sets its timer by it, so an
+// expiry is acted on at the end, not when the server's expiry scan gets to
+// the message).
+func TestLockedErrorTellsTheLeaseEnd(t *testing.T) {
+	srv := testsrv.NATS(t, "")
+	ctx := context.Background()
+	s, err := New(ctx, testsrv.Connect(t, srv), Config{Bucket: "ends"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if _, err := s.Acquire(ctx, "k", storetest.NewLockID(), store.AcquireOptions{TTL: 3 * time.Second, Delay: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Acquire(ctx, "k", storetest.NewLockID(), store.AcquireOptions{TTL: time.Second})
+	var le *store.LockedError
+	if !errors.As(err, &le) || le.Delayed {
+		t.Fatalf("Acquire of a held key = %v, want a *LockedError", err)
+	}
+	if le.ExpiresIn <= 2*time.Second || le.ExpiresIn > 4*time.Second {
+		t.Errorf("ExpiresIn = %v, want the lease (3s) and its lock-delay (1s) left, less the time taken", le.ExpiresIn)
+	}
+}

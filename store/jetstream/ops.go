@@ -152,7 +152,7 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 				return store.Grant{}, &store.LockedError{Key: key, Lease: cur.ended(), Delayed: true, ExpiresIn: s.delayLeft(now)}
 			}
 			if !sameHolder(cur.rec.Holder, me) {
-				return store.Grant{}, &store.LockedError{Key: key, Lease: cur.lease()}
+				return store.Grant{}, &store.LockedError{Key: key, Lease: cur.lease(), ExpiresIn: s.untilEnd(cur)}
 			}
 			// Idempotent retry: the same grant, with the state as it is.
 			o, err := s.readObject(ctx, key)

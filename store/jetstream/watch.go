@@ -339,11 +339,19 @@ func (s *Store) applyLocked(seq uint64, subj string, hdr nats.Header, stored tim
 		prev, had = s.w.before[key]
 	}
 	s.setHintLocked(key, st)
+	old := replay && seq <= s.w.oldPos
 	if st.held && !(st.blocker() && hdr.Get(reasonHeader) == reasonForced) {
 		// A lease, or a blocker after an expiry (reported at its end).
+		// A lease (or blocker) replaced after its end by the server's
+		// clock was taken over by an acquire before the server removed
+		// it (the service acts at the end; the expiry scan may be late):
+		// that is its expiry. A hand-over replaces it before its end.
+		if had && prev.held && prev.exact && !old && prev.token != st.token && !stored.Before(prev.end()) {
+			return store.Event{Key: key, Kind: store.Expired, Token: prev.token}, true
+		}
 		return store.Event{}, false
 	}
-	if replay && seq <= s.w.oldPos && !(had && prev.held && prev.seq != seq) {
+	if old && !(had && prev.held && prev.seq != seq) {
 		// Known before this watcher started: no news, unless the key
 		// was held by what the previous watcher saw (the stream went
 		// back and reused the sequence).

@@ -27,8 +27,10 @@
 // for Release and Write, get.lua, transfer.lua, force.lua, embedded in the
 // binary; steps.lua holds the steps several of them share) run with
 // EVALSHA, which falls back to EVAL when the server does not have it
-// cached: one round trip per call, atomic on the server, with every key
-// passed in KEYS. List (admin.go) scans for lease keys and reads each with
+// cached: atomic on the server, with every key passed in KEYS. Concurrent
+// calls share round trips: those that arrive while two pipelines are on
+// the wire go out together in the next one (batch.go; not with Replicas,
+// whose WAIT counts its own connection's writes). List (admin.go) scans for lease keys and reads each with
 // lease.lua.
 //
 // # Tokens
@@ -164,6 +166,7 @@ type Store struct {
 	objTTLms string // ARGV for the object TTL, "0" for none
 	mark     string // acquire.lua ARGV[4]
 	warnings []string
+	batch    batcher
 }
 
 var (
@@ -262,7 +265,12 @@ func (s *Store) Close() error { return nil }
 func addrOf(rdb goredis.UniversalClient) string {
 	switch c := rdb.(type) {
 	case *goredis.Client:
-		return c.Options().Addr
+		if a := c.Options().Addr; a != "FailoverClient" {
+			return a
+		}
+		// A Sentinel client's placeholder: its errors name the
+		// sentinels it asked.
+		return "the Sentinel primary"
 	case *goredis.ClusterClient:
 		return strings.Join(c.Options().Addrs, ",")
 	case *goredis.Ring:
@@ -377,7 +385,7 @@ func mapErr(err error) error {
 // wrote == nil marks a read-only script.
 func (s *Store) run(ctx context.Context, sc *goredis.Script, wrote func(any) bool, keys []string, args ...any) (any, error) {
 	if s.cfg.Replicas == 0 || wrote == nil {
-		r, err := sc.Run(ctx, s.rdb, keys, args...).Result()
+		r, err := s.batch.run(ctx, s.rdb, sc, keys, args...)
 		return r, mapErr(err)
 	}
 	var node *goredis.Client

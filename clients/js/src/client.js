@@ -114,6 +114,11 @@ export class Client {
     if (/^(Closed|Draining)ConnectionError$/.test(name) || /^(Closed|Draining)ConnectionError$/.test(causeName)) {
       return new UnavailableError(`${where}: the NATS connection is closed`, { op, key, cause: err });
     }
+    if (name === 'InvalidArgumentError' && /max_payload/.test(/** @type {Error} */ (err).message)) {
+      // Refused before sending: a retry fails the same way.
+      const max = /** @type {any} */ (this.#nc).info?.max_payload;
+      return new BadRequestError(`${where}: the request is larger than the NATS server's max payload${max ? ` (${max} bytes)` : ''}; keep large data elsewhere and a reference in the state`, { op, key, cause: err });
+    }
     if (name === 'InvalidSubjectError') {
       return new BadRequestError(`${where}: ${/** @type {Error} */ (err).message}`, { op, key, cause: err });
     }

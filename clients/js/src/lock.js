@@ -385,8 +385,9 @@ export class DistributedLock {
    * keepAlive: false turns that off), and the signal is aborted as soon as
    * the lock is lost. If the lock was lost before the callback returned,
    * nothing is written and a NotHeldError is thrown. If the callback throws,
-   * the lock is released without writing and its error rethrown. A callback
-   * that returns undefined keeps the state.
+   * the lock is released without writing and its error rethrown; so it is
+   * when the service or NATS refuses its result (too large), with a
+   * BadRequestError. A callback that returns undefined keeps the state.
    * @template T
    * @param {string} key
    * @param {number} timeoutMs
@@ -432,7 +433,16 @@ export class DistributedLock {
         const Ctor = /** @type {typeof LockError} */ (ended.constructor);
         throw new Ctor(`${ended.message} (the callback threw: ${failure instanceof Error ? failure.message : failure})`, { cause: failure, key: lease.key, op: 'withLock' });
       }
-      if (!(await lease.release(json))) {
+      let released;
+      try {
+        released = await lease.release(json);
+      } catch (err) {
+        // The state was refused (too large): nothing was written or
+        // released. Release without writing, as for a callback that threw.
+        if (err instanceof BadRequestError) await lease.release().catch(() => {});
+        throw err;
+      }
+      if (!released) {
         throw new NotHeldError(`lockservice: withLock ${JSON.stringify(lease.key)}: the lease was lost before the release; nothing was written`, { op: 'release', key: lease.key });
       }
       return new Readable(out === undefined ? w.value : out, lease.token);
