@@ -48,6 +48,17 @@ func WithServiceConnOptions(opts ...nats.Option) Option {
 	return func(o *options) { o.svcConnOpts = append(o.svcConnOpts, opts...) }
 }
 
+// WithStoreConnOptions adds options to the connection of the store and the
+// service's events (service.Config.EventConn), such as the credentials of
+// a user of their own; without it that connection uses the service's
+// options (WithServiceConnOptions) or, with users in the configuration, a
+// user generated with the store's rights only. With users, give the store
+// and the service different users: the service's should publish only into
+// inboxes (docs/HARDENING.md).
+func WithStoreConnOptions(opts ...nats.Option) Option {
+	return func(o *options) { o.storeConnOpts = append(o.storeConnOpts, opts...) }
+}
+
 // DefaultMaxStore is the JetStream file storage cap of the embedded server
 // when neither WithMaxStore nor the configuration file (max_file_store)
 // sets one: 1 GiB. Writes beyond it are refused (the service answers 503).
@@ -160,7 +171,22 @@ func verifiesCerts(c *tls.Config) bool {
 // user or token instead has both log in as it. Where no user can be added
 // (operator JWTs, auth callout, a bcrypt single password or token), the
 // service needs credentials of its own, which Conn then uses too.
-func (o *options) identities(sopts *server.Options) (svc, clients []nats.Option, err error) {
+func (o *options) identities(sopts *server.Options) (svc, storeConn, clients []nats.Option, err error) {
+	svc, clients, err = o.identities2(sopts)
+	if err != nil || svc == nil || !readAuth(sopts).users {
+		return svc, svc, clients, err
+	}
+	// The store and the events get a user of their own (see
+	// storePermissions), and the service's answers only inboxes.
+	acc, err := serviceAccount(sopts, o.account)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	storeConn, err = addNkeyUser(sopts, acc, o.storePermissions())
+	return svc, storeConn, clients, err
+}
+
+func (o *options) identities2(sopts *server.Options) (svc, clients []nats.Option, err error) {
 	a := readAuth(sopts)
 	if !a.required {
 		return nil, nil, nil
@@ -281,25 +307,37 @@ func serviceAccount(sopts *server.Options, name string) (*server.Account, error)
 	return acc, nil
 }
 
-// servicePermissions are the rights of the service's generated user:
-// publish into inboxes and the reply subjects NATS maps (answers), on its
-// own subjects (events, cancel),
-// and to JetStream ($KV, $JS: its bucket); subscribe to anything. A
-// client chooses the reply subject of its requests and NATS does not check
-// it, so the service, which answers on it, must not be able to publish on
-// other applications' subjects (it refuses $-subjects and its own, see
-// service.unsafeReply). Answers need the clients' inboxes under _INBOX,
-// as the configuration's users' permissions (docs/HARDENING.md) want them.
+// servicePermissions are the rights of the service's generated user, on
+// the connection that answers requests: publish into inboxes and the reply
+// subjects NATS maps, nothing else; subscribe to anything. A client
+// chooses the reply subject of its requests and NATS does not check it,
+// so the service, which answers on it, must not be able to publish on any
+// other subject: the service refuses $-subjects and its own (see
+// service.unsafeReply), but micro's discovery answers ($SRV.PING, INFO,
+// STATS) go wherever the reply subject points. Answers need the clients'
+// inboxes under _INBOX, as the configuration's users' permissions
+// (docs/HARDENING.md) want them. The store and the events have a user of
+// their own (storePermissions).
 func (o *options) servicePermissions() *server.Permissions {
+	return &server.Permissions{Publish: &server.SubjectPermission{
+		// _R_.> and _GR_.>: the reply subjects NATS gives requests from an
+		// account that imports the service, and from across a gateway
+		// (clients cannot send them: reserved).
+		Allow: []string{"_INBOX.>", "_R_.>", "_GR_.>"},
+	}}
+}
+
+// storePermissions are the rights of the generated user of the store's
+// connection, which also publishes the service's events and cancel
+// announcements (service.Config.EventConn): JetStream ($KV, $JS) and those
+// subjects. It answers no request.
+func (o *options) storePermissions() *server.Permissions {
 	prefix := o.svc.Prefix
 	if prefix == "" {
 		prefix = api.DefaultPrefix
 	}
 	return &server.Permissions{Publish: &server.SubjectPermission{
-		// _R_.> and _GR_.>: the reply subjects NATS gives requests from an
-		// account that imports the service, and from across a gateway
-		// (clients cannot send them: reserved).
-		Allow: []string{prefix + ".>", "_INBOX.>", "_R_.>", "_GR_.>", "$KV.>", "$JS.>"},
+		Allow: []string{"$KV.>", "$JS.>", prefix + ".released.>", prefix + ".expired.>", prefix + ".forced.>", prefix + ".cancel.>"},
 	}}
 }
 

@@ -33,7 +33,8 @@ import (
 type Server struct {
 	ns      *server.Server
 	nc      *nats.Conn // for the user's clients (Conn)
-	svcNC   *nats.Conn // the service's and the store's own, NoEcho
+	svcNC   *nats.Conn // the service's own (answers), NoEcho
+	storeNC *nats.Conn // the store's and the events' (service.Config.EventConn)
 	svc     *service.Service
 	store   *jsstore.Store
 	tempDir string
@@ -58,6 +59,8 @@ type options struct {
 	account     string
 	allowNoAuth bool
 	svcConnOpts []nats.Option
+	// storeConnOpts: WithStoreConnOptions (nil: svcConnOpts).
+	storeConnOpts []nats.Option
 	maxStore    int64
 	joined      string // the account (not the global one) given the service's generated user
 }
@@ -143,7 +146,7 @@ func Start(opts ...Option) (*Server, error) {
 	if err := checkListeners(sopts, o.noListen, o.allowNoAuth); err != nil {
 		return nil, err
 	}
-	svcAuth, clientAuth, err := o.identities(sopts)
+	svcAuth, storeAuth, clientAuth, err := o.identities(sopts)
 	if err != nil {
 		return nil, err
 	}
@@ -223,6 +226,21 @@ func Start(opts ...Option) (*Server, error) {
 		}
 		return nil, fmt.Errorf("embedded: connect the service: %w", err)
 	}
+	// The store and the service's events use a connection of their own:
+	// with users, as a user of their own, so that the service's user can
+	// publish only answers (identities).
+	storeOpts := []nats.Option{nats.InProcessServer(ns), nats.Name("lockservice-embedded-store")}
+	if o.storeConnOpts != nil {
+		storeOpts = append(storeOpts, o.storeConnOpts...)
+	} else {
+		storeOpts = append(append(storeOpts, storeAuth...), o.svcConnOpts...)
+	}
+	srv.storeNC, err = nats.Connect("", storeOpts...)
+	if err != nil {
+		srv.Close()
+		return nil, fmt.Errorf("embedded: connect the store: %w", err)
+	}
+	o.svc.EventConn = srv.storeNC
 	srv.nc, err = nats.Connect("", append([]nats.Option{nats.InProcessServer(ns), nats.Name("lockservice-embedded-clients")}, clientAuth...)...)
 	if err != nil {
 		srv.Close()
@@ -246,7 +264,7 @@ func Start(opts ...Option) (*Server, error) {
 				o.store.MarkerTTL = jsstore.MarkerTTLFor(o.store.MarkerTTL, o.svc.LockDelay)
 			}
 		}
-		srv.store, err = jsstore.New(ctx, srv.svcNC, o.store)
+		srv.store, err = jsstore.New(ctx, srv.storeNC, o.store)
 		if err != nil {
 			srv.Close()
 			return nil, err
@@ -307,6 +325,9 @@ func (s *Server) Close() error {
 	}
 	if s.nc != nil {
 		s.nc.Close()
+	}
+	if s.storeNC != nil {
+		s.storeNC.Close()
 	}
 	if s.svcNC != nil {
 		s.svcNC.Close()

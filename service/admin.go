@@ -164,7 +164,7 @@ func (s *Service) publishForced(key string, l store.Lease, reason string) {
 	data, _ := json.Marshal(api.ForcedEvent{Key: key, Token: l.Token, Owner: l.Owner, Reason: reason, Instance: s.id})
 	hdr := nats.Header{api.InstanceHeader: {s.id}, api.ContentTypeHeader: {api.JSONContentType}}
 	subject := api.Subject(s.cfg.Prefix, api.EventForced, key)
-	if err := s.send(&nats.Msg{Subject: subject, Data: data, Header: hdr}); err != nil {
+	if err := s.announce(&nats.Msg{Subject: subject, Data: data, Header: hdr}); err != nil {
 		s.logSendError("publish failed", subject, err)
 		return
 	}

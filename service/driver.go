@@ -489,7 +489,7 @@ func (s *Service) carryOut(out outcome) {
 func (s *Service) announceRetired(key, lockID string) {
 	data, _ := json.Marshal(api.CancelRequest{LockID: lockID})
 	subject := api.Subject(s.cfg.Prefix, api.OpCancel, key)
-	if err := s.send(&nats.Msg{Subject: subject, Data: data,
+	if err := s.announce(&nats.Msg{Subject: subject, Data: data,
 		Header: nats.Header{api.ContentTypeHeader: {api.JSONContentType}}}); err != nil {
 		s.logSendError("publish failed", subject, err)
 	}

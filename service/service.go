@@ -77,6 +77,14 @@ type Config struct {
 	// (store errors, overload), and how recent the store's last answer
 	// must be for Ready; older, Ready asks the store. Default 10s.
 	HealthInterval time.Duration
+	// EventConn, when set, publishes the events (released, expired,
+	// forced) and the cancel announcements instead of the service's own
+	// connection. With it on a NATS user of its own (with the store's
+	// connection), the service's user needs to publish only into reply
+	// inboxes: a client chooses the reply subject of its requests, NATS
+	// does not check it, and micro's discovery answers ($SRV.PING, INFO,
+	// STATS) go wherever it points (docs/HARDENING.md). Not closed by Stop.
+	EventConn *nats.Conn
 }
 
 // DefaultConfig returns the defaults of every Config field: the one place
@@ -162,7 +170,10 @@ func (c Config) Validate() error {
 // with Stop.
 type Service struct {
 	nc    *nats.Conn
-	send  func(*nats.Msg) error // publishes answers and events (nc.PublishMsg)
+	send  func(*nats.Msg) error // publishes answers (nc.PublishMsg)
+	// announce publishes events and cancel announcements: on
+	// Config.EventConn, else as send.
+	announce func(*nats.Msg) error
 	st    store.Store
 	cfg   Config
 	id    string
@@ -218,6 +229,9 @@ func New(nc *nats.Conn, st store.Store, cfg Config) (*Service, error) {
 		cfg.MaxValueBytes = mp
 	}
 	s := newService(st, cfg, nc.PublishMsg)
+	if cfg.EventConn != nil {
+		s.announce = cfg.EventConn.PublishMsg
+	}
 	s.nc = nc
 	s.deliveryInbox = nc.NewInbox()
 	dsub, err := nc.Subscribe(s.deliveryInbox+".*", s.onDeliveryStatus)
@@ -296,7 +310,7 @@ func New(nc *nats.Conn, st store.Store, cfg Config) (*Service, error) {
 func newService(st store.Store, cfg Config, send func(*nats.Msg) error) *Service {
 	ctx, abort := context.WithCancel(context.Background())
 	s := &Service{
-		send: send, cfg: cfg, ctx: ctx, abort: abort,
+		send: send, announce: send, cfg: cfg, ctx: ctx, abort: abort,
 		inflight:   make(chan struct{}, cfg.MaxInflight),
 		jobs:       make(chan func()),
 		keys:       make(map[string]*keyState),
@@ -364,6 +378,9 @@ func (s *Service) Stop() error {
 		}
 		if s.nc != nil && s.nc.IsConnected() {
 			_ = s.nc.FlushTimeout(time.Second)
+		}
+		if ec := s.cfg.EventConn; ec != nil && ec.IsConnected() {
+			_ = ec.FlushTimeout(time.Second)
 		}
 		s.log.Info("stopped", slog.String("instance", s.id))
 	})

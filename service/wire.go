@@ -377,7 +377,7 @@ func (s *Service) publishEventMsg(event string, ev api.Event) {
 		hdr.Set(api.HandedOffHeader, "true")
 	}
 	subject := api.Subject(s.cfg.Prefix, event, ev.Key)
-	err := s.send(&nats.Msg{
+	err := s.announce(&nats.Msg{
 		Subject: subject,
 		Data:    data,
 		Header:  hdr,

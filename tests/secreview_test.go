@@ -18,9 +18,14 @@ import (
 // templateServiceUser runs the embedded service as the template's own
 // service user (the permissions of an instance joining with --nats-url).
 func templateServiceUser(errs *errLog) []embedded.Option {
-	return []embedded.Option{embedded.WithServiceConnOptions(
-		nats.UserInfo("lockservice", "change-me-service"), nats.CustomInboxPrefix("_INBOX.lockservice"),
-		nats.ErrorHandler(errs.handler))}
+	return []embedded.Option{
+		embedded.WithServiceConnOptions(
+			nats.UserInfo("lockservice", "change-me-service"), nats.CustomInboxPrefix("_INBOX.lockservice"),
+			nats.ErrorHandler(errs.handler)),
+		embedded.WithStoreConnOptions(
+			nats.UserInfo("lockstore", "change-me-store"), nats.CustomInboxPrefix("_INBOX.lockservice"),
+			nats.ErrorHandler(errs.handler)),
+	}
 }
 
 // replyAttack is one aimed answer: billing publishes a request it may

@@ -185,9 +185,7 @@ func TestPermissionTemplate(t *testing.T) {
 		opts []embedded.Option
 	}{
 		{"generated service user", nil},
-		{"template service user", []embedded.Option{embedded.WithServiceConnOptions(
-			nats.UserInfo("lockservice", "change-me-service"), nats.CustomInboxPrefix("_INBOX.lockservice"),
-			nats.ErrorHandler(svcErrs.handler))}},
+		{"template service user", templateServiceUser(svcErrs)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := securedServer(t, tc.opts...)

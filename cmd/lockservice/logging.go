@@ -49,17 +49,29 @@ func checkLogFlags(format, level string, setting func(string) string) error {
 // reconnects and the close (INFO), asynchronous errors such as a slow
 // consumer (ERROR).
 func natsLogOptions(log *slog.Logger) []nats.Option {
+	return natsConnLog(log, slog.LevelWarn, slog.LevelInfo)
+}
+
+// storeNATSLogOptions are natsLogOptions for the store's connection, to
+// the same servers: its disconnects and reconnects at debug level (the
+// service's connection reports them), its errors as errors.
+func storeNATSLogOptions(log *slog.Logger) []nats.Option {
+	return natsConnLog(log.With(slog.String("conn", "store")), slog.LevelDebug, slog.LevelDebug)
+}
+
+func natsConnLog(log *slog.Logger, down, up slog.Level) []nats.Option {
+	ctx := context.Background()
 	return []nats.Option{
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
 			if nc.IsClosed() {
 				return // closed by Close: ClosedHandler says so
 			}
-			log.Warn("NATS disconnected: reconnecting", slog.Any("err", err))
+			log.Log(ctx, down, "NATS disconnected: reconnecting", slog.Any("err", err))
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			log.Info("NATS reconnected", slog.String("url", connectedURL(nc)), slog.String("server", nc.ConnectedServerName()))
+			log.Log(ctx, up, "NATS reconnected", slog.String("url", connectedURL(nc)), slog.String("server", nc.ConnectedServerName()))
 		}),
-		nats.ClosedHandler(func(*nats.Conn) { log.Info("NATS connection closed") }),
+		nats.ClosedHandler(func(*nats.Conn) { log.Log(ctx, up, "NATS connection closed") }),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			attrs := []any{slog.Any("err", err)}
 			if sub != nil {

@@ -23,6 +23,9 @@ import (
 )
 
 type config struct {
+	// --store-nats-creds, --store-nats-nkey, --store-nats-user,
+	// --store-nats-password-file
+	storeCreds, storeNkey, storeUser, storePasswordFile string
 	natsFlags
 	host, dataDir, confFile string
 	port                    int
@@ -58,6 +61,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c.maxStore = embedded.DefaultMaxStore
 	fs.Var(&c.maxStore, "max-store", "embedded nats-server: JetStream storage cap (K, M, G, T: powers of 1024); overrides the config file's max_file_store")
 	c.natsFlags.register(fs, "", "use this NATS instead of the embedded server: a URL, or a comma-separated list of a cluster's seed URLs; needs nats-server 2.12+ with JetStream")
+	fs.StringVar(&c.storeCreds, "store-nats-creds", "", "credentials file of the NATS user for the store and the events (a user of their own, so that the service's may publish only answers: docs/HARDENING.md); default: the service's login")
+	fs.StringVar(&c.storeNkey, "store-nats-nkey", "", "nkey seed file of the NATS user for the store and the events (see --store-nats-creds)")
+	fs.StringVar(&c.storeUser, "store-nats-user", "", "NATS user for the store and the events (see --store-nats-creds); its password from --store-nats-password-file")
+	fs.StringVar(&c.storePasswordFile, "store-nats-password-file", "", "file holding the password of --store-nats-user")
 	fs.StringVar(&c.svc.Prefix, "prefix", d.Prefix, "first subject token of every endpoint and event")
 	fs.DurationVar(&c.svc.DefaultTTL, "default-ttl", d.DefaultTTL, "lease length when a request gives no ttl_ms")
 	fs.DurationVar(&c.svc.MaxTTL, "max-ttl", d.MaxTTL, "longest lease a request may ask for")
@@ -211,6 +218,15 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		opts = append(opts, embedded.WithServiceConnOptions(svcOpts...))
+		if c.storeLogin() {
+			sf := own
+			sf.natsCreds, sf.nkey, sf.user, sf.passwordFile, sf.tokenFile = c.storeCreds, c.storeNkey, c.storeUser, c.storePasswordFile, ""
+			storeOpts, _, err := sf.options(false)
+			if err != nil {
+				return fmt.Errorf("store login: %w", err)
+			}
+			opts = append(opts, embedded.WithStoreConnOptions(storeOpts...))
+		}
 		if c.confFile == "" || explicit["host"] || explicit["port"] {
 			host, port, err := embeddedListen(c)
 			if err != nil {
@@ -262,8 +278,23 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer nc.Close()
+	// The store and the events on a connection of their own, as another
+	// NATS user when one is given: the service's user then needs to
+	// publish only answers, so that no reply subject a client chooses can
+	// make it write anywhere else (docs/HARDENING.md).
+	sf := c.natsFlags
+	if c.storeLogin() {
+		sf.natsCreds, sf.nkey, sf.user, sf.passwordFile, sf.tokenFile = c.storeCreds, c.storeNkey, c.storeUser, c.storePasswordFile, ""
+		sf.explicitOnly = true
+	}
+	snc, err := connectNATS(&sf, "lockservice-store", storeNATSLogOptions(log)...)
+	if err != nil {
+		return fmt.Errorf("store connection: %w", err)
+	}
+	defer snc.Close()
+	c.svc.EventConn = snc
 	if st == nil {
-		js, err := jsstore.New(setupCtx, nc, jsCfg)
+		js, err := jsstore.New(setupCtx, snc, jsCfg)
 		if err != nil {
 			return err
 		}
@@ -375,4 +406,10 @@ func (b *byteSize) Set(s string) error {
 	}
 	*b = byteSize(n * mult)
 	return nil
+}
+
+// storeLogin reports whether the store and the events log in as a user of
+// their own.
+func (c *config) storeLogin() bool {
+	return c.storeCreds != "" || c.storeNkey != "" || c.storeUser != ""
 }
