@@ -61,8 +61,8 @@ type options struct {
 	svcConnOpts []nats.Option
 	// storeConnOpts: WithStoreConnOptions (nil: svcConnOpts).
 	storeConnOpts []nats.Option
-	maxStore    int64
-	joined      string // the account (not the global one) given the service's generated user
+	maxStore      int64
+	joined        string // the account (not the global one) given the service's generated user
 }
 
 // Option configures Start.

@@ -169,18 +169,18 @@ func (c Config) Validate() error {
 // Service is a running lock service instance. Create it with New, stop it
 // with Stop.
 type Service struct {
-	nc    *nats.Conn
-	send  func(*nats.Msg) error // publishes answers (nc.PublishMsg)
+	nc   *nats.Conn
+	send func(*nats.Msg) error // publishes answers (nc.PublishMsg)
 	// announce publishes events and cancel announcements: on
 	// Config.EventConn, else as send.
 	announce func(*nats.Msg) error
-	st    store.Store
-	cfg   Config
-	id    string
-	svc   micro.Service
-	subs  []*nats.Subscription
-	ctx   context.Context
-	abort context.CancelFunc
+	st       store.Store
+	cfg      Config
+	id       string
+	svc      micro.Service
+	subs     []*nats.Subscription
+	ctx      context.Context
+	abort    context.CancelFunc
 
 	inflight chan struct{}
 	jobs     chan func() // unbuffered: idle workers receive here
