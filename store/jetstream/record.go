@@ -31,6 +31,25 @@ const (
 	reasonForced  = "forced"
 )
 
+// endedHeader on a lease message names the token of the lease (or
+// blocker) it took over after that had ended by the server's clock: an
+// acquire at the end, before the server's expiry scan removed it. The
+// watchers report that as the expiry of that token: the server never
+// removes the replaced message, so no marker will. A hand-over (Transfer)
+// or a refresh never carries it.
+const endedHeader = "Lockservice-Ended"
+
+// endedToken reads endedHeader of a lease message at seq: a token below
+// seq, or false.
+func endedToken(hdr nats.Header, seq uint64) (uint64, bool) {
+	v := hdr.Get(endedHeader)
+	if v == "" {
+		return 0, false
+	}
+	tok, err := strconv.ParseUint(v, 10, 64)
+	return tok, err == nil && tok > 0 && tok < seq
+}
+
 // Lock-delay. A lease with a delay (record.Dms) is one message whose
 // Nats-TTL is the lease's (whole seconds) plus the delay (whole seconds):
 // its holder's operations end at stored + the lease's part (by the

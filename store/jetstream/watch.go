@@ -342,12 +342,16 @@ func (s *Store) applyLocked(seq uint64, subj string, hdr nats.Header, stored tim
 	old := replay && seq <= s.w.oldPos
 	if st.held && !(st.blocker() && hdr.Get(reasonHeader) == reasonForced) {
 		// A lease, or a blocker after an expiry (reported at its end).
-		// A lease (or blocker) replaced after its end by the server's
-		// clock was taken over by an acquire before the server removed
-		// it (the service acts at the end; the expiry scan may be late):
-		// that is its expiry. A hand-over replaces it before its end.
-		if had && prev.held && prev.exact && !old && prev.token != st.token && !stored.Before(prev.end()) {
-			return store.Event{Key: key, Kind: store.Expired, Token: prev.token}, true
+		// An acquire that took over a lease (or blocker) after its end
+		// by the server's clock, before the server removed it (the
+		// service acts at the end; the expiry scan may be late), says
+		// so (endedHeader): that is its expiry. Not judged from the
+		// previous hint, which may already be this very message (the
+		// acquire's own, set when its publish was acknowledged), nor
+		// from stored times (a hand-over checked before the end may
+		// land after it).
+		if tok, ok := endedToken(hdr, seq); ok && !old {
+			return store.Event{Key: key, Kind: store.Expired, Token: tok}, true
 		}
 		return store.Event{}, false
 	}
