@@ -95,6 +95,12 @@ type lockState struct {
 	// watched: the watcher applied this very message (not only the
 	// store's own publish or read), so it applied every earlier one.
 	watched bool
+	// watchedLease is the token of the last message the watcher applied
+	// on the subject when that was a lease (or blocker), 0 otherwise:
+	// kept when the store's own publish or read sets a newer hint, so
+	// that a server's marker, which carries no record, is reported for
+	// the lease it removed (setHintLocked).
+	watchedLease uint64
 }
 
 // end is when the server removes the lease message, by the server's clock:
