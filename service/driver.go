@@ -350,7 +350,14 @@ func (s *Service) settleWatchersLocked(key string, ks *keyState, info store.Info
 			out.expired = append(out.expired, store.Event{Kind: store.Expired, Key: key, Token: ks.expiring})
 			ks.expiring = 0
 		}
-		s.watchLeaseLocked(key, info.Lease.Token, remaining(info.Lease))
+		d := remaining(info.Lease)
+		if _, ok := s.st.(store.Notifier); ok && !info.Lease.ExpiresAt.IsZero() && !time.Now().Before(info.Lease.ExpiresAt) {
+			// Still held past its ExpiresAt (a JetStream lease message
+			// lives to its whole-second Nats-TTL): the store reports its
+			// end. A timer by remaining would be 1 ms, again and again.
+			d = 0
+		}
+		s.watchLeaseLocked(key, info.Lease.Token, d)
 	default:
 		for _, w := range ks.q.waits() {
 			s.finishLocked(w)

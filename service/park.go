@@ -81,10 +81,16 @@ func (s *Service) keyFor(key string) *keyState {
 	return ks
 }
 
-// dropIfIdle forgets a key with nothing parked and no driver.
+// dropIfIdle forgets a key with nothing parked and no driver, and on a
+// Notifier store the lease-end timer set for what was parked on it (the
+// store reports the end; without Notifier the timer stays: it publishes
+// the expired event).
 func (s *Service) dropIfIdle(key string, ks *keyState) {
 	if ks.q.len() == 0 && !ks.running && s.keys[key] == ks {
 		delete(s.keys, key)
+		if _, ok := s.st.(store.Notifier); ok {
+			s.unwatchLeaseLocked(key)
+		}
 	}
 }
 

@@ -183,8 +183,13 @@ func (s *Store) Acquire(ctx context.Context, key, lockID string, opts store.Acqu
 			}()
 		}
 		rec := record{Holder: me, Owner: opts.Owner, TTLms: opts.TTL.Milliseconds(), Dms: delayMs(opts.Delay)}
+		m := s.leaseMsg(key, rec, opts.TTL, cur.seq)
+		if cur.held {
+			// cur has ended (not live): this take-over is its expiry.
+			m.Header.Set(endedHeader, strconv.FormatUint(cur.token, 10))
+		}
 		sent := s.sendTimes()
-		ack, err := s.publish(ctx, s.leaseMsg(key, rec, opts.TTL, cur.seq))
+		ack, err := s.publish(ctx, m)
 		if errors.Is(err, errWrongSeq) {
 			<-objc
 			fresh = false

@@ -31,6 +31,25 @@ const (
 	reasonForced  = "forced"
 )
 
+// endedHeader on a lease message names the token of the lease (or
+// blocker) it took over after that had ended by the server's clock: an
+// acquire at the end, before the server's expiry scan removed it. The
+// watchers report that as the expiry of that token: the server never
+// removes the replaced message, so no marker will. A hand-over (Transfer)
+// or a refresh never carries it.
+const endedHeader = "Lockservice-Ended"
+
+// endedToken reads endedHeader of a lease message at seq: a token below
+// seq, or false.
+func endedToken(hdr nats.Header, seq uint64) (uint64, bool) {
+	v := hdr.Get(endedHeader)
+	if v == "" {
+		return 0, false
+	}
+	tok, err := strconv.ParseUint(v, 10, 64)
+	return tok, err == nil && tok > 0 && tok < seq
+}
+
 // Lock-delay. A lease with a delay (record.Dms) is one message whose
 // Nats-TTL is the lease's (whole seconds) plus the delay (whole seconds):
 // its holder's operations end at stored + the lease's part (by the
@@ -76,6 +95,12 @@ type lockState struct {
 	// watched: the watcher applied this very message (not only the
 	// store's own publish or read), so it applied every earlier one.
 	watched bool
+	// watchedLease is the token of the last message the watcher applied
+	// on the subject when that was a lease (or blocker), 0 otherwise:
+	// kept when the store's own publish or read sets a newer hint, so
+	// that a server's marker, which carries no record, is reported for
+	// the lease it removed (setHintLocked).
+	watchedLease uint64
 }
 
 // end is when the server removes the lease message, by the server's clock:

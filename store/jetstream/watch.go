@@ -342,12 +342,16 @@ func (s *Store) applyLocked(seq uint64, subj string, hdr nats.Header, stored tim
 	old := replay && seq <= s.w.oldPos
 	if st.held && !(st.blocker() && hdr.Get(reasonHeader) == reasonForced) {
 		// A lease, or a blocker after an expiry (reported at its end).
-		// A lease (or blocker) replaced after its end by the server's
-		// clock was taken over by an acquire before the server removed
-		// it (the service acts at the end; the expiry scan may be late):
-		// that is its expiry. A hand-over replaces it before its end.
-		if had && prev.held && prev.exact && !old && prev.token != st.token && !stored.Before(prev.end()) {
-			return store.Event{Key: key, Kind: store.Expired, Token: prev.token}, true
+		// An acquire that took over a lease (or blocker) after its end
+		// by the server's clock, before the server removed it (the
+		// service acts at the end; the expiry scan may be late), says
+		// so (endedHeader): that is its expiry. Not judged from the
+		// previous hint, which may already be this very message (the
+		// acquire's own, set when its publish was acknowledged), nor
+		// from stored times (a hand-over checked before the end may
+		// land after it).
+		if tok, ok := endedToken(hdr, seq); ok && !old {
+			return store.Event{Key: key, Kind: store.Expired, Token: tok}, true
 		}
 		return store.Event{}, false
 	}
@@ -360,7 +364,15 @@ func (s *Store) applyLocked(seq uint64, subj string, hdr nats.Header, stored tim
 	ev := store.Event{Key: key, Kind: store.Released, Token: st.token}
 	if expiredMarker(hdr) {
 		ev.Kind = store.Expired
-		if had && prev.held {
+		// A reap's marker names the lease it ended; the server's names
+		// none: it removed the lease message the watcher applied last.
+		// The hint may be newer than that (this store's own read or
+		// acquire after the marker), so only an older one tells.
+		switch {
+		case ev.Token != 0:
+		case had && prev.watchedLease != 0:
+			ev.Token = prev.watchedLease
+		case had && prev.held && prev.seq < seq:
 			ev.Token = prev.token
 		}
 	}
@@ -399,8 +411,23 @@ func (s *Store) noObject(key string, leaseSeq uint64) bool {
 }
 
 func (s *Store) setHintLocked(key string, st lockState) {
+	if st.watched {
+		st.watchedLease = 0
+		if st.held {
+			st.watchedLease = st.token
+		}
+	}
 	if prev, ok := s.hints[key]; ok {
+		if !st.watched {
+			st.watchedLease = prev.watchedLease
+		}
 		if prev.seq > st.seq {
+			if st.watched {
+				// A read or publish got ahead of the watcher: the hint
+				// stays, with what the watcher has now applied.
+				prev.watchedLease = st.watchedLease
+				s.hints[key] = prev
+			}
 			return
 		}
 		if prev.seq == st.seq && prev.watched {
