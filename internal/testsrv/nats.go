@@ -94,7 +94,7 @@ func FreePort(t testing.TB) int {
 
 // FreePortErr is FreePort without a test.
 func FreePortErr() (int, error) {
-	port, err := listenFree(0)
+	port, err := pickFree()
 	if err != nil {
 		return 0, fmt.Errorf("free port: %w", err)
 	}

@@ -327,7 +327,7 @@ func ClusterClient(t testing.TB, addrs []string) *goredis.ClusterClient {
 // is free too.
 func freePortPair(cluster bool) (int, error) {
 	for i := 0; i < 100; i++ {
-		port, err := listenFree(0)
+		port, err := pickFree()
 		if err != nil {
 			return 0, fmt.Errorf("find a free port: %w", err)
 		}
@@ -342,6 +342,40 @@ func freePortPair(cluster bool) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("no free port pair (port, port+10000) below 55535 after 100 tries")
+}
+
+// Ports handed to servers that bind them later are taken below the
+// kernel's ephemeral range (32768-60999 by default), where the local ports
+// of outgoing connections come from: a port picked with :0 is in that
+// range, and between the pick and the server's bind another process's
+// connection may take it (a 3-node cluster's route port was lost so in
+// CI). Another test's server may still take one: callers retry where they
+// can.
+const (
+	pickLow  = 20000
+	pickHigh = 32768
+)
+
+var pickMu sync.Mutex
+var pickNext = pickLow + int(time.Now().UnixNano()%int64(pickHigh-pickLow))
+
+// pickFree returns a free loopback port below the ephemeral range, or one
+// from the kernel when none is found.
+func pickFree() (int, error) {
+	pickMu.Lock()
+	defer pickMu.Unlock()
+	for range 200 {
+		// Spread over the range: parallel test processes start at
+		// different points (the clock), and each moves on.
+		pickNext += 1 + int(time.Now().UnixNano()%97)
+		if pickNext >= pickHigh {
+			pickNext = pickLow + pickNext%(pickHigh-pickLow)
+		}
+		if port, err := listenFree(pickNext); err == nil {
+			return port, nil
+		}
+	}
+	return listenFree(0)
 }
 
 // listenFree listens on 127.0.0.1:port (0 = any), closes and returns the port.
