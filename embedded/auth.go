@@ -172,7 +172,7 @@ func verifiesCerts(c *tls.Config) bool {
 // (operator JWTs, auth callout, a bcrypt single password or token), the
 // service needs credentials of its own, which Conn then uses too.
 func (o *options) identities(sopts *server.Options) (svc, storeConn, clients []nats.Option, err error) {
-	svc, clients, err = o.identities2(sopts)
+	svc, clients, err = o.serviceIdentities(sopts)
 	if err != nil || svc == nil || !readAuth(sopts).users {
 		return svc, svc, clients, err
 	}
@@ -186,7 +186,9 @@ func (o *options) identities(sopts *server.Options) (svc, storeConn, clients []n
 	return svc, storeConn, clients, err
 }
 
-func (o *options) identities2(sopts *server.Options) (svc, clients []nats.Option, err error) {
+// serviceIdentities returns the logins of the service's connection and of
+// Conn (see identities).
+func (o *options) serviceIdentities(sopts *server.Options) (svc, clients []nats.Option, err error) {
 	a := readAuth(sopts)
 	if !a.required {
 		return nil, nil, nil

@@ -283,6 +283,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// publish only answers, so that no reply subject a client chooses can
 	// make it write anywhere else (docs/HARDENING.md).
 	sf := c.natsFlags
+	sf.warn = func(string) {} // the service's connection said them
 	if c.storeLogin() {
 		sf.natsCreds, sf.nkey, sf.user, sf.passwordFile, sf.tokenFile = c.storeCreds, c.storeNkey, c.storeUser, c.storePasswordFile, ""
 		sf.explicitOnly = true
